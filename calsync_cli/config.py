@@ -1,0 +1,132 @@
+"""Settings: environment variables > config file > defaults.
+
+The config file is TOML, at ``config.toml`` in the platformdirs user config dir or at the path in
+``CALSYNC_CONFIG``. Its keys are the environment names without the ``CALSYNC_`` prefix, in lower
+case::
+
+    db_url = "postgresql+psycopg://calsync@db.internal/calsync"
+    visit_url = "https://pm.example.com/visits/{visit_id}"
+    google_client_id = "1234.apps.googleusercontent.com"
+
+Secrets other than the OAuth client credentials never live here: tokens are in the keyring.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import platformdirs
+
+from calsync_cli.errors import ConfigError
+
+APP_NAME = "calsync"
+ENV_PREFIX = "CALSYNC_"
+
+
+def user_config_dir() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def user_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting calsync reads. Field names are the env names without the prefix."""
+
+    db_url: str
+    visit_url: str | None = None
+    google_client_id: str | None = None
+    google_client_secret: str | None = None
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    google_api_url: str = "https://www.googleapis.com/calendar/v3"
+    google_batch_url: str = "https://www.googleapis.com/batch/calendar/v3"
+    microsoft_client_id: str | None = None
+    microsoft_authority: str = "https://login.microsoftonline.com/common"
+    microsoft_graph_url: str = "https://graph.microsoft.com/v1.0"
+    config_path: Path | None = None
+
+    @property
+    def microsoft_authorize_url(self) -> str:
+        return self.microsoft_authority.rstrip("/") + "/oauth2/v2.0/authorize"
+
+    @property
+    def microsoft_token_url(self) -> str:
+        return self.microsoft_authority.rstrip("/") + "/oauth2/v2.0/token"
+
+    def visit_link(self, visit_id: str) -> str | None:
+        if not self.visit_url:
+            return None
+        return self.visit_url.replace("{visit_id}", visit_id)
+
+
+_SETTING_NAMES = tuple(f.name for f in fields(Settings) if f.name != "config_path")
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{user_data_dir() / 'calsync.db'}"
+
+
+def config_file_path(env: Mapping[str, str]) -> Path:
+    explicit = env.get(ENV_PREFIX + "CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    return user_config_dir() / "config.toml"
+
+
+def _read_config_file(path: Path, explicit: bool) -> dict[str, object]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(
+                f"config file {path} does not exist",
+                hint="Create it or unset CALSYNC_CONFIG",
+            ) from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {exc}", hint="Fix the file or move it away"
+        ) from None
+    unknown = sorted(set(data) - set(_SETTING_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting {unknown[0]!r}",
+            hint="Known settings: " + ", ".join(_SETTING_NAMES),
+        )
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"config file {path}: {key} must be a string")
+    return data
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``env`` (default: ``os.environ``) and the config file."""
+    env = os.environ if env is None else env
+    path = config_file_path(env)
+    values: dict[str, object] = dict(
+        _read_config_file(path, explicit=bool(env.get(ENV_PREFIX + "CONFIG")))
+    )
+    for name in _SETTING_NAMES:
+        from_env = env.get(ENV_PREFIX + name.upper())
+        if from_env:
+            values[name] = from_env
+    values.setdefault("db_url", default_db_url())
+    visit_url = values.get("visit_url")
+    if isinstance(visit_url, str) and "{visit_id}" not in visit_url:
+        raise ConfigError(
+            "CALSYNC_VISIT_URL must contain {visit_id}",
+            hint="For example https://pm.example.com/visits/{visit_id}",
+        )
+    return Settings(config_path=path, **values)  # type: ignore[arg-type]

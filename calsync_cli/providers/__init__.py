@@ -1,0 +1,1 @@
+"""Calendar providers: one interface (``base``), Google Calendar v3 and Microsoft Graph clients."""

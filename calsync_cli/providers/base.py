@@ -1,0 +1,226 @@
+"""The calendar provider interface and the errors every provider translates its answers into.
+
+::
+
+    ProviderError                 any failure talking to a provider
+    ├── NotFound                  the event or calendar does not exist (Graph 404, Google 404)
+    ├── Gone                      the event was deleted already (Google 410); deletes treat it as done
+    ├── RateLimited               throttled (429, Google 403 rateLimitExceeded); has ``retry_after``
+    ├── Unavailable               5xx, timeouts, dropped connections: transient, retry later
+    ├── AuthExpired               the access token was refused (401); refresh it and repeat at once
+    ├── ReauthRequired            the grant is gone (``invalid_grant``): the user must reconnect
+    ├── PermissionDenied          the account may not do this (read-only calendar, missing scope)
+    └── InvalidRequest            the provider rejected the request as malformed (400-class): final
+
+The engine never sees an HTTP status code; it sees these classes. ``retryable`` says whether a
+failure may succeed later without anyone changing anything.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from calsync_cli.errors import ReauthRequired as _ReauthRequiredBase
+
+
+class ProviderError(Exception):
+    """A provider call failed. ``message`` is one line, safe to show and store (no PHI)."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class NotFound(ProviderError):
+    """The calendar or event does not exist."""
+
+
+class Gone(ProviderError):
+    """The event was deleted already (Google answers 410 for a deleted event)."""
+
+
+class RateLimited(ProviderError):
+    """The provider throttled the call. ``retry_after`` is seconds, when the provider said."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class Unavailable(ProviderError):
+    """A transient failure: 5xx, a timeout, a dropped connection."""
+
+    retryable = True
+
+
+class AuthExpired(ProviderError):
+    """The access token was refused; refresh it and repeat the call once."""
+
+    retryable = True
+
+
+class ReauthRequired(ProviderError, _ReauthRequiredBase):
+    """The refresh token is invalid or revoked: only a new sign-in helps (exit code 4)."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+        ProviderError.__init__(self, message, status=status)
+        _ReauthRequiredBase.__init__(self, message, hint=hint)
+
+
+class PermissionDenied(ProviderError):
+    """The account may not do this (a read-only calendar, a missing scope)."""
+
+
+class InvalidRequest(ProviderError):
+    """The provider rejected the request as invalid; repeating it will not help."""
+
+
+@dataclass(frozen=True)
+class Calendar:
+    id: str
+    name: str
+    primary: bool
+    writable: bool
+
+
+@dataclass(frozen=True)
+class EventData:
+    """What calsync writes for one visit on one integration's calendar.
+
+    ``key`` is deterministic per (integration, visit, generation) and contains no PHI. Google
+    derives its client-supplied event id from it; Graph sends it as ``transactionId``. So a create
+    that is repeated after a crash yields the same event, not a second one.
+    ``tag`` marks the event as calsync's own (Google ``extendedProperties.private``, Graph
+    single-value extended property); it is opaque and PHI-free.
+    """
+
+    key: str
+    title: str
+    description: str
+    location: str | None
+    start: datetime  # aware
+    end: datetime  # aware
+    timezone: str  # IANA name of the practice
+    tag: str
+
+
+@dataclass(frozen=True)
+class BusyBlock:
+    """Busy time on an external calendar. ``tag`` is set when the event is calsync's own."""
+
+    start: datetime
+    end: datetime
+    event_id: str | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One write in a batch."""
+
+    kind: Literal["create", "update", "delete"]
+    event: EventData | None = None  # create, update
+    event_id: str | None = None  # update, delete
+
+
+@dataclass
+class OperationResult:
+    """The answer to one ``Operation``: the event id, or the error it failed with."""
+
+    event_id: str | None = None
+    error: ProviderError | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class CalendarProvider(abc.ABC):
+    """One connected account at Google or Microsoft.
+
+    Implementations take an ``httpx2.AsyncClient`` and an access-token source; they refresh an
+    expired access token once per call by themselves (``AuthExpired`` never escapes unless the
+    refreshed token is refused too) and raise ``ReauthRequired`` when the refresh is refused.
+    """
+
+    #: how many operations one batch request may carry
+    max_batch: int = 1
+    #: how many requests may be in flight at once for one account
+    max_concurrency: int = 4
+
+    @abc.abstractmethod
+    async def account(self) -> str:
+        """The account's e-mail address (from the primary calendar's owner)."""
+
+    @abc.abstractmethod
+    async def list_calendars(self) -> list[Calendar]:
+        """Every calendar of the account. Raises ``ReauthRequired`` when the grant is gone."""
+
+    @abc.abstractmethod
+    async def create_event(self, calendar_id: str, event: EventData) -> str:
+        """Create the event and return its id. Idempotent by ``event.key``: repeating a create
+        (or creating again after a delete, for Google) answers the same event, restored and
+        updated to ``event``. Raises ``NotFound`` for an unknown calendar, ``PermissionDenied``
+        for a read-only one, ``InvalidRequest`` for content the provider rejects."""
+
+    @abc.abstractmethod
+    async def update_event(self, calendar_id: str, event_id: str, event: EventData) -> str:
+        """Replace the event's content and return its id. Raises ``NotFound`` or ``Gone`` when
+        it was deleted outside calsync (the engine then creates it again)."""
+
+    @abc.abstractmethod
+    async def delete_event(self, calendar_id: str, event_id: str) -> None:
+        """Delete the event. Raises ``NotFound`` or ``Gone`` when it is already gone."""
+
+    @abc.abstractmethod
+    async def list_busy(self, calendar_id: str, start: datetime, end: datetime) -> list[BusyBlock]:
+        """Busy (not free, not cancelled) events overlapping [start, end)."""
+
+    async def batch(self, calendar_id: str, operations: Sequence[Operation]) -> list[OperationResult]:
+        """Run several writes, at most ``max_batch`` per request. Errors are per operation;
+        a failure of the whole request raises. The default runs them one by one."""
+        results: list[OperationResult] = []
+        for op in operations:
+            try:
+                if op.kind == "create":
+                    assert op.event is not None
+                    results.append(OperationResult(await self.create_event(calendar_id, op.event)))
+                elif op.kind == "update":
+                    assert op.event is not None and op.event_id is not None
+                    results.append(
+                        OperationResult(await self.update_event(calendar_id, op.event_id, op.event))
+                    )
+                else:
+                    assert op.event_id is not None
+                    await self.delete_event(calendar_id, op.event_id)
+                    results.append(OperationResult(op.event_id))
+            except ReauthRequired:
+                raise
+            except ProviderError as exc:
+                results.append(OperationResult(error=exc))
+        return results
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the provider holds (the HTTP client belongs to the caller)."""
+
+
+class TokenSource(abc.ABC):
+    """Where a provider gets its bearer token. Implemented by ``calsync_cli.auth``."""
+
+    @abc.abstractmethod
+    async def access_token(self) -> str:
+        """A current access token (refreshing first when it has expired)."""
+
+    @abc.abstractmethod
+    async def refresh(self) -> str:
+        """Force a refresh after the provider refused the token. Raises ``ReauthRequired``."""
