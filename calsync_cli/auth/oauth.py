@@ -1,0 +1,376 @@
+"""Sign-in (authorization code + PKCE over a loopback redirect), refresh, and revocation.
+
+Authlib's OAuth 2 client over httpx2 does the protocol mechanics: the authorization URL with
+``state`` and an S256 code challenge, the code exchange with the code verifier, the refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx2
+from authlib.common.security import generate_token
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
+
+from calsync_cli.auth.apps import OAuthApp
+from calsync_cli.auth.loopback import DEFAULT_TIMEOUT, LoopbackListener
+from calsync_cli.auth.tokens import Tokens, TokenStore, utcnow
+from calsync_cli.errors import AuthError
+from calsync_cli.providers.base import (
+    RateLimited,
+    ReauthRequired,
+    TokenSource,
+    Unavailable,
+)
+
+#: seconds before expiry at which an access token counts as expired
+REFRESH_LEEWAY = 60.0
+HTTP_TIMEOUT = 30.0
+
+MICROSOFT_CONSENT_PAGES = (
+    "https://account.live.com/consent/Manage (personal account) or "
+    "https://myapplications.microsoft.com (work or school account)"
+)
+
+
+def _error_code(exc: OAuthError) -> str:
+    code = str(exc.error or "oauth_error")
+    return "".join(ch for ch in code if ch.isalnum() or ch in "_-.")[:60] or "oauth_error"
+
+
+def reconnect_hint(app: OAuthApp | str, provider_id: str | None) -> str:
+    name = app.name if isinstance(app, OAuthApp) else app
+    target = provider_id if provider_id is not None else "<ID>"
+    return f"Run: calsync connect {name} --provider {target}"
+
+
+# -- sign-in ---------------------------------------------------------------------------------
+
+
+def sign_in(
+    app: OAuthApp,
+    *,
+    port: int = 0,
+    timeout: float = DEFAULT_TIMEOUT,
+    open_browser: Callable[[str], bool] | None,
+    announce_url: Callable[[str], None],
+    login_hint: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], datetime] = utcnow,
+    transport: httpx2.BaseTransport | None = None,
+) -> Tokens:
+    """Run the loopback sign-in and return the new tokens (nothing is stored).
+
+    Binds 127.0.0.1:``port`` (0: any free port), builds the authorization URL, calls
+    ``announce_url(url)`` and then ``open_browser(url)`` when given, waits up to ``timeout``
+    seconds for the redirect, and exchanges the code. Raises ``AuthError`` for a busy port, a
+    declined consent, a state mismatch, a missing code, a timeout or a refused exchange.
+    ``clock`` measures the timeout; ``now`` dates the token expiry; ``transport`` replaces the
+    network for the token request (tests).
+    """
+    with LoopbackListener(port, app_title=app.title) as listener:
+        redirect_uri = app.redirect_uri(listener.port)
+        code_verifier = generate_token(64)  # RFC 7636: 43..128 unreserved characters
+        with _sync_client(app, redirect_uri, transport) as client:
+            extra: dict[str, str] = dict(app.extra_authorize_params)
+            if login_hint:
+                extra["login_hint"] = login_hint
+            url, state = client.create_authorization_url(
+                app.authorize_url, code_verifier=code_verifier, **extra
+            )
+            listener.expect(state)
+            announce_url(url)
+            if open_browser is not None:
+                # A browser that fails to start is no failure: the URL was announced.
+                with contextlib.suppress(Exception):
+                    open_browser(url)
+            code = listener.wait(timeout, clock=clock)
+            try:
+                response = client.fetch_token(
+                    app.token_url,
+                    grant_type="authorization_code",
+                    code=code,
+                    code_verifier=code_verifier,
+                    redirect_uri=redirect_uri,  # exactly the string of the authorization request
+                )
+            except OAuthError as exc:
+                raise AuthError(
+                    f"{app.title} refused the code exchange ({_error_code(exc)})",
+                    hint="Run the command again; check the client id and secret if it repeats",
+                ) from None
+            except httpx2.HTTPStatusError as exc:
+                raise AuthError(
+                    f"{app.title}'s token endpoint answered HTTP {exc.response.status_code}",
+                    hint="Try again in a minute",
+                ) from None
+            except httpx2.HTTPError as exc:
+                raise AuthError(
+                    f"could not reach {app.title}'s token endpoint ({type(exc).__name__})",
+                    hint="Check the network connection and run the command again",
+                ) from None
+            except ValueError:
+                raise AuthError(
+                    f"{app.title}'s token endpoint answered something that is not a token",
+                    hint="Check CALSYNC_* endpoint settings",
+                ) from None
+    try:
+        tokens = Tokens.from_token_response(dict(response), now())
+    except ValueError:
+        raise AuthError(
+            f"{app.title}'s token endpoint answered without an access token",
+            hint="Run the command again",
+        ) from None
+    if not tokens.refresh_token:
+        raise AuthError(
+            f"{app.title} issued no refresh token, so calsync could not keep syncing",
+            hint="Run the command again and grant offline access",
+        )
+    return tokens
+
+
+def _sync_client(app: OAuthApp, redirect_uri: str, transport: httpx2.BaseTransport | None) -> Any:
+    kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
+    if transport is not None:
+        kwargs["transport"] = transport
+    return OAuth2Client(
+        client_id=app.client_id,
+        client_secret=app.client_secret,
+        token_endpoint_auth_method=app.token_endpoint_auth_method,
+        scope=app.scope,
+        redirect_uri=redirect_uri,
+        code_challenge_method="S256",
+        **kwargs,
+    )
+
+
+# -- refresh ---------------------------------------------------------------------------------
+
+
+class KeyringTokenSource(TokenSource):
+    """Access tokens for one integration, refreshed through the token endpoint when due.
+
+    Reads the keyring once (and again before each refresh, in case another process rotated the
+    refresh token), refreshes when the access token has expired or expires within 60 s, and
+    stores the answer, including a rotated refresh token. Concurrent callers share one refresh.
+
+    Raises ``ReauthRequired`` ("reconnect needed") when there are no tokens or the provider
+    answers ``invalid_grant``; ``Unavailable`` / ``RateLimited`` when the token endpoint is
+    unreachable, failing or throttling; ``KeyringError`` when the keyring fails.
+    """
+
+    def __init__(
+        self,
+        app: OAuthApp,
+        store: TokenStore,
+        integration_id: int | str,
+        *,
+        provider_id: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        leeway: float = REFRESH_LEEWAY,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.integration_id = integration_id
+        self.provider_id = provider_id
+        self.clock = clock
+        self.leeway = leeway
+        self._transport = transport
+        self._tokens: Tokens | None = None
+        self._lock = asyncio.Lock()
+        #: how many refreshes this source made (observability and tests)
+        self.refresh_count = 0
+
+    def __repr__(self) -> str:
+        return f"KeyringTokenSource(app={self.app.name!r}, integration_id={self.integration_id!r})"
+
+    async def access_token(self) -> str:
+        async with self._lock:
+            tokens = self._tokens or await self._load()
+            if tokens.expires_within(self.clock(), self.leeway):
+                tokens = await self._refresh_locked(tokens)
+            return tokens.access_token
+
+    async def refresh(self) -> str:
+        seen = self._tokens.access_token if self._tokens else None
+        async with self._lock:
+            if self._tokens is not None and seen is not None and self._tokens.access_token != seen:
+                return self._tokens.access_token  # another caller refreshed while we waited
+            tokens = self._tokens or await self._load()
+            return (await self._refresh_locked(tokens, force=True)).access_token
+
+    async def _load(self) -> Tokens:
+        tokens = await asyncio.to_thread(self.store.get, self.integration_id)
+        if tokens is None:
+            raise ReauthRequired(
+                "reconnect needed: no stored sign-in for this integration",
+                hint=reconnect_hint(self.app, self.provider_id),
+            )
+        self._tokens = tokens
+        return tokens
+
+    async def _refresh_locked(self, tokens: Tokens, *, force: bool = False) -> Tokens:
+        # Another process on this host may have refreshed (and rotated) meanwhile.
+        stored = await asyncio.to_thread(self.store.get, self.integration_id)
+        if stored is None:
+            self._tokens = None
+            raise ReauthRequired(
+                "reconnect needed: no stored sign-in for this integration",
+                hint=reconnect_hint(self.app, self.provider_id),
+            )
+        if stored != tokens:
+            previous_access = tokens.access_token
+            self._tokens = tokens = stored
+            if stored.access_token != previous_access and not stored.expires_within(
+                self.clock(), self.leeway
+            ):
+                return stored  # a fresh token that is not the one just refused
+        if not tokens.refresh_token:
+            raise ReauthRequired(
+                "reconnect needed: no refresh token stored",
+                hint=reconnect_hint(self.app, self.provider_id),
+            )
+        response = await self._call_token_endpoint(tokens.refresh_token)
+        try:
+            fresh = Tokens.from_token_response(response, self.clock(), previous=tokens)
+        except ValueError:
+            raise Unavailable(
+                f"{self.app.title}'s token endpoint answered without an access token"
+            ) from None
+        await asyncio.to_thread(self.store.put, self.integration_id, fresh)
+        self._tokens = fresh
+        self.refresh_count += 1
+        return fresh
+
+    async def _call_token_endpoint(self, refresh_token: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
+        if self._transport is not None:
+            kwargs["transport"] = self._transport
+        title = self.app.title
+        try:
+            async with AsyncOAuth2Client(
+                client_id=self.app.client_id,
+                client_secret=self.app.client_secret,
+                token_endpoint_auth_method=self.app.token_endpoint_auth_method,
+                # a refresh asks for the same scopes as the sign-in
+                scope=self.app.scope,
+                **kwargs,
+            ) as client:
+                token = await client.refresh_token(self.app.token_url, refresh_token=refresh_token)
+        except OAuthError as exc:
+            code = _error_code(exc)
+            message = (
+                "reconnect needed"
+                if code == "invalid_grant"
+                else f"reconnect needed: {title} refused the refresh ({code})"
+            )
+            raise ReauthRequired(
+                message, status=400, hint=reconnect_hint(self.app, self.provider_id)
+            ) from None
+        except httpx2.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status == 429:
+                retry_after = _retry_after(exc.response.headers.get("Retry-After"))
+                raise RateLimited(
+                    f"{title}'s token endpoint throttled the refresh",
+                    retry_after=retry_after,
+                    status=status,
+                ) from None
+            raise Unavailable(
+                f"{title}'s token endpoint answered HTTP {status} to the refresh", status=status
+            ) from None
+        except httpx2.HTTPError as exc:
+            raise Unavailable(
+                f"could not reach {title}'s token endpoint ({type(exc).__name__})"
+            ) from None
+        except ValueError:
+            raise Unavailable(f"{title}'s token endpoint answered something not a token") from None
+        return dict(token)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+# -- revocation ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RevokeOutcome:
+    """What revocation achieved. ``status``: ``revoked`` (the provider confirmed),
+    ``unsupported`` (the provider has no endpoint; the user must act), ``unconfirmed`` (the
+    request failed). ``message`` is one line for the user. Local tokens are the caller's to
+    delete in every case."""
+
+    status: Literal["revoked", "unsupported", "unconfirmed"]
+    message: str
+
+    @property
+    def revoked(self) -> bool:
+        return self.status == "revoked"
+
+
+def revoke(
+    app: OAuthApp, tokens: Tokens, *, transport: httpx2.BaseTransport | None = None
+) -> RevokeOutcome:
+    """Withdraw the grant at the provider where it can be withdrawn; never raises for the
+    network."""
+    if app.name != "google" or not app.revoke_url:
+        return RevokeOutcome(
+            "unsupported",
+            "Microsoft has no endpoint to revoke one sign-in: calsync deleted its tokens "
+            "locally; to remove calsync's access, visit " + MICROSOFT_CONSENT_PAGES,
+        )
+    token = tokens.refresh_token or tokens.access_token
+    kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
+    if transport is not None:
+        kwargs["transport"] = transport
+    try:
+        with httpx2.Client(**kwargs) as client:
+            response = client.post(
+                app.revoke_url,
+                data={"token": token},
+                headers={"Accept": "application/json"},
+            )
+    except httpx2.HTTPError as exc:
+        return RevokeOutcome(
+            "unconfirmed",
+            f"could not reach Google to revoke the grant ({type(exc).__name__}); revocation "
+            "could not be confirmed. Remove calsync at https://myaccount.google.com/permissions",
+        )
+    note = (
+        "Google withdraws the whole grant this account gave the client project, so other "
+        "calsync integrations of the same account and client need connecting again"
+    )
+    if response.status_code == 200:
+        return RevokeOutcome("revoked", f"Google revoked the grant. {note}")
+    if response.status_code == 400 and _json_error(response) == "invalid_token":
+        return RevokeOutcome(
+            "revoked", f"Google no longer knew the token: the grant was already withdrawn. {note}"
+        )
+    return RevokeOutcome(
+        "unconfirmed",
+        f"Google answered HTTP {response.status_code} to the revocation; revocation could not "
+        "be confirmed. Remove calsync at https://myaccount.google.com/permissions",
+    )
+
+
+def _json_error(response: httpx2.Response) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, str) else None

@@ -1,0 +1,220 @@
+"""Tokens and the keyring token store: round trips, redaction, no silent fallback, timeouts."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import keyring
+import keyring.backend
+import keyring.errors
+import pytest
+from keyring.backends import chainer, fail
+from keyrings.alt.file import PlaintextKeyring
+
+from calsync_cli.auth import TokenStore, Tokens, keyring_username
+from calsync_cli.errors import KeyringError
+
+NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def temp_keyring(tmp_path: Path) -> Iterator[PlaintextKeyring]:
+    """A file keyring under tmp_path: never the developer's real keyring."""
+    previous = keyring.get_keyring()
+    backend = PlaintextKeyring()
+    backend.file_path = str(tmp_path / "keyring.cfg")
+    keyring.set_keyring(backend)
+    try:
+        yield backend
+    finally:
+        keyring.set_keyring(previous)
+
+
+def sample(**changes: Any) -> Tokens:
+    base = Tokens(
+        access_token="ya29.ACCESS-SECRET",
+        refresh_token="1//REFRESH-SECRET",
+        expires_at=NOW + timedelta(hours=1),
+        scope="https://www.googleapis.com/auth/calendar.events",
+        token_type="Bearer",
+    )
+    return Tokens(**{**base.__dict__, **changes})
+
+
+def test_repr_and_str_redact_tokens() -> None:
+    tokens = sample()
+    for text in (repr(tokens), str(tokens), f"{tokens}", repr([tokens])):
+        assert "ACCESS-SECRET" not in text
+        assert "REFRESH-SECRET" not in text
+        assert "<redacted>" in text
+
+
+def test_json_round_trip_keeps_every_field() -> None:
+    tokens = sample()
+    data = json.loads(tokens.to_json())
+    assert set(data) == {"access_token", "refresh_token", "expires_at", "scope", "token_type"}
+    assert data["expires_at"] == int((NOW + timedelta(hours=1)).timestamp())
+    assert Tokens.from_json(tokens.to_json()) == tokens
+
+
+def test_from_token_response_counts_expires_in_from_now_and_keeps_previous_refresh() -> None:
+    previous = sample()
+    fresh = Tokens.from_token_response(
+        {"access_token": "new", "expires_in": 3599, "token_type": "Bearer"},
+        NOW,
+        previous=previous,
+    )
+    assert fresh.expires_at == NOW + timedelta(seconds=3599)
+    assert fresh.refresh_token == previous.refresh_token  # Google does not rotate
+    assert fresh.scope == previous.scope
+    rotated = Tokens.from_token_response(
+        {"access_token": "new", "refresh_token": "rotated", "expires_in": "60"},
+        NOW,
+        previous=previous,
+    )
+    assert rotated.refresh_token == "rotated"
+    with pytest.raises(ValueError):
+        Tokens.from_token_response({"token_type": "Bearer"}, NOW)
+
+
+def test_expires_within() -> None:
+    tokens = sample(expires_at=NOW + timedelta(seconds=59))
+    assert tokens.expires_within(NOW, 60)
+    assert not tokens.expires_within(NOW, 30)
+    assert not sample(expires_at=None).expires_within(NOW, 60)
+
+
+def test_store_put_get_delete(temp_keyring: PlaintextKeyring) -> None:
+    store = TokenStore()
+    assert store.get(7) is None
+    store.put(7, sample())
+    assert store.get(7) == sample()
+    raw = temp_keyring.get_password("calsync", keyring_username(7))
+    assert raw is not None
+    assert json.loads(raw)["access_token"] == "ya29.ACCESS-SECRET"
+    assert keyring_username(7) == "integration:7"
+    store.put(7, sample(access_token="second"))
+    assert store.get(7) == sample(access_token="second")
+    assert store.get(8) is None
+    assert store.delete(7) is True
+    assert store.get(7) is None
+    assert store.delete(7) is False
+
+
+def test_damaged_entry_is_a_keyring_error_without_its_content(
+    temp_keyring: PlaintextKeyring,
+) -> None:
+    temp_keyring.set_password("calsync", "integration:3", "not json ACCESS-SECRET")
+    with pytest.raises(KeyringError) as info:
+        TokenStore().get(3)
+    assert "damaged" in info.value.message
+    assert "ACCESS-SECRET" not in info.value.one_line()
+
+
+def test_fail_backend_raises_keyring_error_naming_the_fix() -> None:
+    keyring.set_keyring(fail.Keyring())
+    store = TokenStore()
+    for call in (lambda: store.get(1), lambda: store.put(1, sample()), lambda: store.delete(1)):
+        with pytest.raises(KeyringError) as info:
+            call()
+        line = info.value.one_line()
+        assert "no usable keyring backend" in line
+        assert "PYTHON_KEYRING_BACKEND" in line
+        assert "keyrings.alt.file.EncryptedKeyring" in line
+        assert "\n" not in line
+        assert info.value.__cause__ is None
+
+
+def test_chainer_with_nothing_usable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chainer.ChainerBackend, "backends", [])
+    keyring.set_keyring(chainer.ChainerBackend())
+    with pytest.raises(KeyringError, match="no usable keyring backend"):
+        TokenStore().put(1, sample())
+
+
+class _RaisingKeyring(keyring.backend.KeyringBackend):
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise self.exc
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise self.exc
+
+    def delete_password(self, service: str, username: str) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (keyring.errors.NoKeyringError("No recommended backend"), "no usable keyring backend"),
+        (keyring.errors.KeyringLocked("locked"), "the keyring is locked"),
+        (keyring.errors.PasswordSetError("nope"), "PasswordSetError"),
+        (OSError(13, "Permission denied"), "Permission denied"),
+    ],
+)
+def test_backend_errors_become_one_line_keyring_errors(exc: Exception, expected: str) -> None:
+    keyring.set_keyring(_RaisingKeyring(exc))
+    with pytest.raises(KeyringError) as info:
+        TokenStore().put(1, sample())
+    assert expected in info.value.one_line()
+    assert "PYTHON_KEYRING_BACKEND" in info.value.one_line()
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+
+
+class _BlockingKeyring(keyring.backend.KeyringBackend):
+    """Like a locked Secret Service waiting for an unlock prompt."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def get_password(self, service: str, username: str) -> str | None:
+        self.entered.set()
+        self.release.wait(5)
+        return None
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.get_password(service, username)
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.get_password(service, username)
+
+
+def test_a_keyring_that_hangs_times_out() -> None:
+    blocking = _BlockingKeyring()
+    keyring.set_keyring(blocking)
+    store = TokenStore(timeout=0.2)
+    try:
+        with pytest.raises(KeyringError) as info:
+            store.get(1)
+        assert blocking.entered.is_set()
+        line = info.value.one_line()
+        assert "did not answer within 0.2 s" in line
+        assert "Unlock" in line
+        assert "PYTHON_KEYRING_BACKEND" in line
+    finally:
+        blocking.release.set()
+
+
+def test_a_pinned_backend_is_used_instead_of_the_global_one(tmp_path: Path) -> None:
+    other = PlaintextKeyring()
+    other.file_path = str(tmp_path / "other.cfg")
+    store = TokenStore(backend=other)
+    store.put(5, sample())
+    assert TokenStore().get(5) is None
+    assert store.get(5) == sample()
