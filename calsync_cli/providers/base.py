@@ -4,7 +4,7 @@
 
     ProviderError                 any failure talking to a provider
     ├── NotFound                  the event or calendar does not exist (Graph 404, Google 404)
-    ├── Gone                      the event was deleted already (Google 410); deletes treat it as done
+    ├── Gone                      deleted already (Google 410); deletes treat it as done
     ├── RateLimited               throttled (429, Google 403 rateLimitExceeded); has ``retry_after``
     ├── Unavailable               5xx, timeouts, dropped connections: transient, retry later
     ├── AuthExpired               the access token was refused (401); refresh it and repeat at once
@@ -19,7 +19,7 @@ failure may succeed later without anyone changing anything.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -59,9 +59,16 @@ class RateLimited(ProviderError):
 
 
 class Unavailable(ProviderError):
-    """A transient failure: 5xx, a timeout, a dropped connection."""
+    """A transient failure: 5xx, a timeout, a dropped connection. ``retry_after`` is seconds,
+    when the provider said (a 503 may carry ``Retry-After``)."""
 
     retryable = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class AuthExpired(ProviderError):
@@ -186,7 +193,9 @@ class CalendarProvider(abc.ABC):
     async def list_busy(self, calendar_id: str, start: datetime, end: datetime) -> list[BusyBlock]:
         """Busy (not free, not cancelled) events overlapping [start, end)."""
 
-    async def batch(self, calendar_id: str, operations: Sequence[Operation]) -> list[OperationResult]:
+    async def batch(
+        self, calendar_id: str, operations: Sequence[Operation]
+    ) -> list[OperationResult]:
         """Run several writes, at most ``max_batch`` per request. Errors are per operation;
         a failure of the whole request raises. The default runs them one by one."""
         results: list[OperationResult] = []
@@ -224,3 +233,26 @@ class TokenSource(abc.ABC):
     @abc.abstractmethod
     async def refresh(self) -> str:
         """Force a refresh after the provider refused the token. Raises ``ReauthRequired``."""
+
+
+class StaticTokenSource(TokenSource):
+    """A fixed access token, for tests and the sandbox demo.
+
+    ``refresher`` (an async callable answering a new token) serves ``refresh()``; without one a
+    refresh raises ``ReauthRequired``, as a revoked grant would. ``refreshes`` counts them.
+    """
+
+    def __init__(self, token: str, refresher: Callable[[], Awaitable[str]] | None = None) -> None:
+        self.token = token
+        self.refresher = refresher
+        self.refreshes = 0
+
+    async def access_token(self) -> str:
+        return self.token
+
+    async def refresh(self) -> str:
+        self.refreshes += 1
+        if self.refresher is None:
+            raise ReauthRequired("the access token was refused and cannot be refreshed")
+        self.token = await self.refresher()
+        return self.token

@@ -1,0 +1,237 @@
+"""What the Google and Microsoft clients share: one authenticated request with a single token
+refresh, transport failures as ``Unavailable``, quick in-call retries under a time budget, and the
+small parsers (``Retry-After``, one-line messages).
+
+Nothing here formats a request body into a message: bodies carry patient names. Error messages
+are built from the status code and the provider's own error text, cut to one short line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx2
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.wait import wait_exponential_jitter
+
+from calsync_cli.providers.base import (
+    AuthExpired,
+    ProviderError,
+    RateLimited,
+    TokenSource,
+    Unavailable,
+)
+
+T = TypeVar("T")
+
+SleepFunc = Callable[[float], Awaitable[None]]
+Translator = Callable[[httpx2.Response], ProviderError]
+
+#: how long one provider message may be in an error (they are shown on one line, and stored)
+MESSAGE_LIMIT = 200
+#: default overall budget for quick in-call retries, seconds (DESIGN.md "Retry and lease details")
+DEFAULT_RETRY_BUDGET = 30.0
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Collapse whitespace to one line and cut it to ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1].rstrip() + "…"
+    return flat
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date.
+
+    Answers ``None`` when the header is missing or unreadable; a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
+            return None
+        return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now if now is not None else datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def json_body(response: httpx2.Response) -> Any:
+    """The response's JSON, or ``None`` when it has none (or it is not JSON)."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def json_object(response: httpx2.Response, provider: str) -> dict[str, Any]:
+    """The JSON object a successful call answered; a malformed answer counts as transient."""
+    data = json_body(response)
+    if not isinstance(data, dict):
+        raise Unavailable(
+            f"{provider} answered HTTP {response.status_code} without a JSON object",
+            status=response.status_code,
+        )
+    return data
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            return parse_retry_after(value)
+    return None
+
+
+class ApiSession:
+    """Authenticated calls to one provider for one account.
+
+    * ``send`` makes one HTTP exchange with the current bearer token. A 401 refreshes the token
+      through ``TokenSource.refresh()`` (whose ``ReauthRequired`` propagates) and repeats the
+      exchange once; a second 401 raises ``AuthExpired``.
+    * Transport failures (connect errors, dropped connections, timeouts) raise ``Unavailable``.
+    * A status outside 2xx (and outside ``accept``) goes through the provider's ``translate``.
+    * ``retrying`` repeats a coroutine while it raises ``RateLimited`` or ``Unavailable``, with
+      exponential backoff and jitter, honouring ``retry_after``, for at most ``retry_budget``
+      seconds in all. A wait that would overrun the budget is not started: the last error is
+      raised at once, so the engine's stored schedule takes over. ``retry_budget <= 0`` disables
+      the quick retries.
+    """
+
+    def __init__(
+        self,
+        client: httpx2.AsyncClient,
+        tokens: TokenSource,
+        *,
+        provider: str,
+        translate: Translator,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+        sleep: SleepFunc | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_concurrency: int = 4,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+    ) -> None:
+        self.client = client
+        self.tokens = tokens
+        self.provider = provider
+        self.translate = translate
+        self.retry_budget = retry_budget
+        self.sleep: SleepFunc = sleep if sleep is not None else asyncio.sleep
+        self.clock = clock
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self._gate = asyncio.Semaphore(max_concurrency)
+
+    # -- one exchange --------------------------------------------------------------------------
+
+    async def _exchange(
+        self, method: str, url: str, token: str, kwargs: dict[str, Any]
+    ) -> httpx2.Response:
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with self._gate:
+                return await self.client.request(method, url, headers=headers, **kwargs)
+        except httpx2.TimeoutException:
+            raise Unavailable(f"{self.provider} did not answer in time") from None
+        except httpx2.TransportError as exc:
+            raise Unavailable(f"{self.provider} connection failed ({type(exc).__name__})") from None
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        accept: Collection[int] = (),
+        **kwargs: Any,
+    ) -> httpx2.Response:
+        """One call (with at most one token refresh); 2xx or ``accept`` answers are returned,
+        everything else raises the translated ``ProviderError``."""
+        token = await self.tokens.access_token()
+        response = await self._exchange(method, url, token, dict(kwargs))
+        if response.status_code == 401:
+            token = await self.tokens.refresh()
+            response = await self._exchange(method, url, token, dict(kwargs))
+            if response.status_code == 401:
+                raise AuthExpired(f"{self.provider} refused the refreshed access token", status=401)
+        if 200 <= response.status_code < 300 or response.status_code in accept:
+            return response
+        raise self.translate(response)
+
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        accept: Collection[int] = (),
+        **kwargs: Any,
+    ) -> httpx2.Response:
+        """``send`` with quick retries of transient failures (see ``retrying``)."""
+        return await self.retrying(lambda: self.send(method, url, accept=accept, **kwargs))
+
+    # -- quick retries -------------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(
+            initial=self.initial_backoff, max=self.max_backoff, jitter=self.initial_backoff
+        )(state)
+        assert state.outcome is not None
+        exc = state.outcome.exception()
+        hinted = getattr(exc, "retry_after", None)
+        if isinstance(hinted, int | float) and hinted > backoff:
+            return float(hinted)
+        return float(backoff)
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` and repeat it on ``RateLimited``/``Unavailable`` within the budget."""
+        budget = self.retry_budget
+        if budget <= 0:
+            return await attempt()
+        started = self.clock()
+
+        def out_of_budget(state: RetryCallState) -> bool:
+            # The time spent so far is at least what we slept (a fake sleep does not move the
+            # clock) and at least what the clock says (real sleeps plus the calls themselves).
+            spent = max(self.clock() - started, state.idle_for)
+            return spent + (state.upcoming_sleep or 0.0) > budget
+
+        retryer = AsyncRetrying(
+            sleep=self.sleep,
+            retry=retry_if_exception_type((RateLimited, Unavailable)),
+            wait=self._wait,
+            stop=out_of_budget,
+            reraise=True,
+        )
+        return await retryer(attempt)
+
+
+def slower_error(current: ProviderError | None, candidate: ProviderError) -> ProviderError:
+    """Of two retryable errors, the one to wait for: ``RateLimited`` first, then the longer
+    ``retry_after``."""
+    if current is None:
+        return candidate
+    if isinstance(candidate, RateLimited) != isinstance(current, RateLimited):
+        return candidate if isinstance(candidate, RateLimited) else current
+    wait_now = getattr(current, "retry_after", None) or 0.0
+    wait_new = getattr(candidate, "retry_after", None) or 0.0
+    return candidate if wait_new > wait_now else current
