@@ -1,0 +1,275 @@
+"""Integrations: what ``status``, ``filters``, ``direction`` and ``toggle`` read and change.
+
+Each function takes the store and an injected ``now``; none knows about the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select
+
+from calsync_cli.errors import InputError, NotFoundError
+from calsync_cli.store import audit, jobs
+from calsync_cli.store.db import Store
+from calsync_cli.store.models import (
+    DIRECTIONS,
+    JOB_FAILED,
+    LIVE_JOB_STATES,
+    NAME_FORMATS,
+    EventLink,
+    Integration,
+    Job,
+    Practice,
+    Provider,
+    Visit,
+)
+
+PRIVACY_FLAGS = ("patient_name", "visit_type", "location", "notes", "practice_name")
+
+
+def get(session: Session, integration_id: int) -> Integration:
+    integ = session.get(Integration, integration_id)
+    if integ is None:
+        raise NotFoundError(
+            f"no integration {integration_id}", hint="Run 'calsync status' to list integrations"
+        )
+    return integ
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def status_rows(store: Store, integration_id: int | None = None) -> list[dict[str, Any]]:
+    """One dict per integration: the ``status --json`` item (see DESIGN.md)."""
+    with store.read() as session:
+        if integration_id is not None:
+            integrations = [get(session, integration_id)]
+        else:
+            integrations = list(session.exec(select(Integration).order_by(col(Integration.id))))
+        counts: dict[tuple[int, str], int] = {}
+        stmt = (
+            select(Job.integration_id, Job.state, func.count())
+            .where(col(Job.state).in_((*LIVE_JOB_STATES, JOB_FAILED)))
+            .group_by(col(Job.integration_id), col(Job.state))
+        )
+        for iid, state, n in session.exec(stmt):
+            counts[(iid, state)] = n
+        return [
+            {
+                "id": i.id,
+                "provider_id": i.provider_id,
+                "app": i.app,
+                "account": i.account,
+                "calendar_id": i.calendar_id,
+                "calendar_name": i.calendar_name,
+                "direction": i.direction,
+                "status": i.status,
+                "status_detail": i.status_detail,
+                "paused": i.paused,
+                "last_synced_at": _iso(i.last_synced_at),
+                "queued": sum(counts.get((i.id, s), 0) for s in LIVE_JOB_STATES),  # type: ignore[arg-type]
+                "failed": counts.get((i.id, JOB_FAILED), 0),  # type: ignore[arg-type]
+            }
+            for i in integrations
+        ]
+
+
+def store_counts(store: Store) -> dict[str, int]:
+    with store.read() as session:
+        return {
+            name: session.exec(select(func.count()).select_from(model)).one()
+            for name, model in (("practices", Practice), ("providers", Provider), ("visits", Visit))
+        }
+
+
+def filters_of(integ: Integration) -> dict[str, Any]:
+    return {
+        "patient_name": integ.f_patient_name,
+        "patient_name_format": integ.f_patient_name_format,
+        "visit_type": integ.f_visit_type,
+        "location": integ.f_location,
+        "notes": integ.f_notes,
+        "practice_name": integ.f_practice_name,
+        "practices": list(integ.practice_filter),
+        "providers": list(integ.provider_filter),
+    }
+
+
+def show_filters(store: Store, integration_id: int) -> dict[str, Any]:
+    with store.read() as session:
+        return {"integration": integration_id, **filters_of(get(session, integration_id))}
+
+
+def disclosed_fields(integ: Integration) -> list[str]:
+    """The visit fields an integration's events carry under its current filters."""
+    fields = ["start", "end"]
+    if integ.f_practice_name:
+        fields.append("practice_name")
+    if integ.f_patient_name:
+        fields.append(f"patient_name:{integ.f_patient_name_format}")
+    if integ.f_visit_type:
+        fields.append("visit_type")
+    if integ.f_location:
+        fields.extend(["location", "room"])
+    if integ.f_notes:
+        fields.append("reason")
+    return fields
+
+
+@dataclass
+class FilterChange:
+    patient_name: bool | None = None
+    patient_name_format: str | None = None
+    visit_type: bool | None = None
+    location: bool | None = None
+    notes: bool | None = None
+    practice_name: bool | None = None
+    practices: list[str] | None = None  # replaces the list; [] means all
+    providers: list[str] | None = None
+
+
+def set_filters(
+    store: Store, integration_id: int, change: FilterChange, *, now: datetime
+) -> dict[str, Any]:
+    """Apply a filter change; re-queue upcoming visits whose events it affects."""
+    if change.patient_name_format is not None and change.patient_name_format not in NAME_FORMATS:
+        raise InputError(
+            f"unknown patient name format {change.patient_name_format!r}",
+            hint="Use full, short or initials",
+        )
+    with store.write() as session:
+        integ = get(session, integration_id)
+        if integ.status == "Disconnected":
+            raise InputError(
+                f"integration {integration_id} is disconnected",
+                hint=f"Reconnect it first: calsync connect {integ.app} --provider {integ.provider_id}",
+            )
+        for ids, model, label in (
+            (change.practices, Practice, "practice"),
+            (change.providers, Provider, "provider"),
+        ):
+            for item in ids or []:
+                if session.get(model, item) is None:
+                    raise NotFoundError(
+                        f"unknown {label} {item!r}",
+                        hint=f"Import it with: calsync {label}s import FILE",
+                    )
+        before = filters_of(integ)
+        for flag in (*PRIVACY_FLAGS, "patient_name_format"):
+            value = getattr(change, flag)
+            if value is not None:
+                setattr(integ, f"f_{flag}", value)
+        if change.practices is not None:
+            integ.practice_filter = sorted(set(change.practices))
+        if change.providers is not None:
+            integ.provider_filter = sorted(set(change.providers))
+        after = filters_of(integ)
+        changed = sorted(k for k in after if after[k] != before[k])
+        session.add(integ)
+        queued = 0
+        if changed:
+            audit.record(
+                session,
+                "filters_set",
+                now=now,
+                integration_id=integration_id,
+                fields=changed,
+                detail="disclosed: " + ", ".join(disclosed_fields(integ)),
+            )
+            queued = requeue_upcoming(session, integ, now=now)
+        return {"integration": integration_id, **after, "changed": changed, "jobs_queued": queued}
+
+
+def requeue_upcoming(session: Session, integ: Integration, *, now: datetime) -> int:
+    """Queue every upcoming visit that is, or should be, on the integration's calendar.
+
+    Used after a filter change or a calendar choice: the worker then creates, re-renders, moves
+    or deletes each event as the visit and the filters now say. Past visits are left alone.
+    """
+    if integ.id is None or integ not in jobs.pushing_integrations(session):
+        return 0
+    linked = set(
+        session.exec(
+            select(EventLink.visit_id).where(
+                EventLink.integration_id == integ.id, col(EventLink.external_id).is_not(None)
+            )
+        )
+    )
+    stmt = select(Visit.id, Visit.practice_id, Visit.provider_id, Visit.status).where(
+        Visit.end >= now
+    )
+    work: list[tuple[int, str, str]] = []
+    for vid, practice_id, provider_id, status in session.exec(stmt):
+        if status != "cancelled" and jobs.matches(integ, practice_id, provider_id):
+            work.append((integ.id, vid, "upsert"))
+        elif vid in linked:
+            work.append((integ.id, vid, "delete"))
+    return jobs.enqueue(session, work, now)
+
+
+def set_direction(
+    store: Store, integration_id: int, direction: str, *, now: datetime
+) -> dict[str, Any]:
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown direction {direction!r}", hint="Use push, pull or two-way")
+    with store.write() as session:
+        integ = get(session, integration_id)
+        previous = integ.direction
+        integ.direction = direction
+        session.add(integ)
+        if previous != direction:
+            audit.record(
+                session,
+                "direction",
+                now=now,
+                integration_id=integration_id,
+                detail=f"{previous} -> {direction}",
+            )
+            if previous == "pull":
+                integ.active_since = now  # pushing starts now; nothing from before is backfilled
+        return {"integration": integration_id, "direction": direction, "previous": previous}
+
+
+def toggle(
+    store: Store, integration_id: int, pause: bool | None, *, now: datetime
+) -> dict[str, Any]:
+    """Pause or resume pushing (``pause=None`` flips).
+
+    While paused the worker skips the integration and imports queue nothing for it. Work queued
+    before the pause waits and runs after the resume; what changed while paused is never
+    backfilled (``active_since`` moves to the resume, and the sweep looks only after it).
+    """
+    with store.write() as session:
+        integ = get(session, integration_id)
+        if integ.status == "Disconnected":
+            raise InputError(
+                f"integration {integration_id} is disconnected",
+                hint=f"Reconnect it: calsync connect {integ.app} --provider {integ.provider_id}",
+            )
+        target = (not integ.paused) if pause is None else pause
+        if target != integ.paused:
+            integ.paused = target
+            if not target:
+                integ.active_since = now
+            session.add(integ)
+            audit.record(
+                session, "pause" if target else "resume", now=now, integration_id=integration_id
+            )
+        return {"integration": integration_id, "paused": integ.paused}
+
+
+def drop_live_jobs(session: Session, integration_id: int, *, now: datetime, reason: str) -> int:
+    table = Job.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.integration_id == integration_id, table.c.state.in_(LIVE_JOB_STATES))
+        .values(
+            state="dropped", last_error=reason, updated_at=now, lease_owner=None, lease_until=None
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

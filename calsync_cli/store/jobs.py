@@ -1,0 +1,101 @@
+"""The outbox: queue sync work, coalesced to one live job per (integration, visit).
+
+A job carries no content: the worker renders the visit as it is when the job runs, so queuing
+twice is the same as queuing once. The database enforces the coalescing with a partial unique
+index over the live states; a job that is running when its visit changes again is marked
+``dirty`` and runs once more when it completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from calsync_cli.store.models import (
+    JOB_QUEUED,
+    JOB_RUNNING,
+    LIVE_JOB_STATES,
+    Integration,
+    Job,
+)
+
+CHUNK = 500
+
+_LIVE_WHERE = sa.text("state IN ('queued', 'running', 'held')")
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def pushing_integrations(session: Session) -> list[Integration]:
+    """Integrations that receive pushed work now: connected, unpaused, calendar chosen."""
+    stmt = select(Integration).where(
+        Integration.status != "Disconnected",
+        Integration.paused == False,  # noqa: E712
+        col(Integration.calendar_id).is_not(None),
+        col(Integration.direction).in_(("push", "two-way")),
+    )
+    return list(session.exec(stmt))
+
+
+def matches(integration: Integration, practice_id: str, provider_id: str) -> bool:
+    """Whether a visit of this practice and provider belongs on the integration's calendar."""
+    if integration.practice_filter and practice_id not in integration.practice_filter:
+        return False
+    return not (integration.provider_filter and provider_id not in integration.provider_filter)
+
+
+def enqueue(session: Session, work: Sequence[tuple[int, str, str]], now: datetime) -> int:
+    """Queue (integration_id, visit_id, action) work; return how many new jobs were queued.
+
+    Work for a pair that already has a live job coalesces into it; a running one is marked
+    dirty so the worker runs it again with the visit's latest state.
+    """
+    if not work:
+        return 0
+    table = Job.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    insert_fn: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    queued = 0
+    for chunk in _chunks(list({(i, v): (i, v, a) for i, v, a in work}.values())):
+        rows = [
+            {
+                "integration_id": iid,
+                "visit_id": vid,
+                "action": action,
+                "state": JOB_QUEUED,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "dirty": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for iid, vid, action in chunk
+        ]
+        stmt = insert_fn(table).on_conflict_do_nothing(
+            index_elements=["integration_id", "visit_id"], index_where=_LIVE_WHERE
+        )
+        result = session.execute(stmt, rows)
+        queued += max(result.rowcount, 0)  # type: ignore[attr-defined]
+        pairs = [(iid, vid) for iid, vid, _ in chunk]
+        session.execute(
+            sa.update(table)
+            .where(table.c.state == JOB_RUNNING)
+            .where(sa.tuple_(table.c.integration_id, table.c.visit_id).in_(pairs))
+            .values(dirty=True, updated_at=now)
+        )
+    return queued
+
+
+def live_pairs(session: Session, integration_id: int | None = None) -> set[tuple[int, str]]:
+    stmt = select(Job.integration_id, Job.visit_id).where(col(Job.state).in_(LIVE_JOB_STATES))
+    if integration_id is not None:
+        stmt = stmt.where(Job.integration_id == integration_id)
+    return {(i, v) for i, v in session.exec(stmt)}
