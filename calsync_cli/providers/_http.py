@@ -141,6 +141,9 @@ class ApiSession:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self._gate = asyncio.Semaphore(max_concurrency)
+        self._backoff = wait_exponential_jitter(
+            multiplier=initial_backoff, max=max_backoff, jitter=initial_backoff
+        )
 
     # -- one exchange --------------------------------------------------------------------------
 
@@ -192,9 +195,7 @@ class ApiSession:
     # -- quick retries -------------------------------------------------------------------------
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(
-            initial=self.initial_backoff, max=self.max_backoff, jitter=self.initial_backoff
-        )(state)
+        backoff = self._backoff(state)
         assert state.outcome is not None
         exc = state.outcome.exception()
         hinted = getattr(exc, "retry_after", None)
@@ -222,7 +223,11 @@ class ApiSession:
             stop=out_of_budget,
             reraise=True,
         )
-        return await retryer(attempt)
+
+        async def run() -> T:  # tenacity needs a coroutine function, not a lambda
+            return await attempt()
+
+        return await retryer(run)
 
 
 def slower_error(current: ProviderError | None, candidate: ProviderError) -> ProviderError:
