@@ -273,3 +273,44 @@ def drop_live_jobs(session: Session, integration_id: int, *, now: datetime, reas
         )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def create(
+    session: Session,
+    *,
+    provider_id: str,
+    app: str,
+    now: datetime,
+    account: str | None = None,
+    calendar_id: str | None = None,
+    calendar_name: str | None = None,
+) -> Integration:
+    """A new integration for a provider: privacy filters at the seed defaults, the provider
+    filter holding the clinician's own id, Active once a calendar is chosen, else Pending."""
+    if session.get(Provider, provider_id) is None:
+        raise NotFoundError(
+            f"unknown provider {provider_id!r}",
+            hint="Import it first: calsync providers import FILE (see 'calsync visits list')",
+        )
+    integ = Integration(
+        provider_id=provider_id,
+        app=app,
+        account=account,
+        calendar_id=calendar_id,
+        calendar_name=calendar_name,
+        status="Active" if calendar_id else "Pending",
+        status_detail=None if calendar_id else "choose a calendar: calsync calendars select",
+        created_at=now,
+        active_since=now,
+        provider_filter=[provider_id],
+    )
+    session.add(integ)
+    session.flush()
+    audit.record(
+        session,
+        "connect",
+        now=now,
+        integration_id=integ.id,
+        detail=f"{app} account {account or '?'}",
+    )
+    return integ

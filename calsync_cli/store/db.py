@@ -158,7 +158,11 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_db_engine(url)
-        ensure_schema(self.engine)
+        try:
+            ensure_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     @property
     def dialect(self) -> str:

@@ -79,11 +79,14 @@ def enqueue(session: Session, work: Sequence[tuple[int, str, str]], now: datetim
             }
             for iid, vid, action in chunk
         ]
-        stmt = insert_fn(table).on_conflict_do_nothing(
-            index_elements=["integration_id", "visit_id"], index_where=_LIVE_WHERE
+        stmt = (
+            insert_fn(table)
+            .on_conflict_do_nothing(
+                index_elements=["integration_id", "visit_id"], index_where=_LIVE_WHERE
+            )
+            .returning(table.c.id)
         )
-        result = session.execute(stmt, rows)
-        queued += max(result.rowcount, 0)  # type: ignore[attr-defined]
+        queued += len(session.execute(stmt, rows).all())
         pairs = [(iid, vid) for iid, vid, _ in chunk]
         session.execute(
             sa.update(table)
