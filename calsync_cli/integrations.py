@@ -51,7 +51,7 @@ def status_rows(store: Store, integration_id: int | None = None) -> list[dict[st
             integrations = [get(session, integration_id)]
         else:
             integrations = list(session.exec(select(Integration).order_by(col(Integration.id))))
-        counts: dict[tuple[int, str], int] = {}
+        counts: dict[tuple[int | None, str], int] = {}
         stmt = (
             select(Job.integration_id, Job.state, func.count())
             .where(col(Job.state).in_((*LIVE_JOB_STATES, JOB_FAILED)))
@@ -72,8 +72,8 @@ def status_rows(store: Store, integration_id: int | None = None) -> list[dict[st
                 "status_detail": i.status_detail,
                 "paused": i.paused,
                 "last_synced_at": _iso(i.last_synced_at),
-                "queued": sum(counts.get((i.id, s), 0) for s in LIVE_JOB_STATES),  # type: ignore[arg-type]
-                "failed": counts.get((i.id, JOB_FAILED), 0),  # type: ignore[arg-type]
+                "queued": sum(counts.get((i.id, s), 0) for s in LIVE_JOB_STATES),
+                "failed": counts.get((i.id, JOB_FAILED), 0),
             }
             for i in integrations
         ]

@@ -35,7 +35,7 @@ Every command takes --json. Exit codes: 0 ok, 1 operational failure, 2 bad usage
 class CalsyncGroup(TyperGroup):
     """The root command group: the one place that maps calsync's errors to exit codes."""
 
-    def invoke(self, ctx: typer.Context) -> object:
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from calsync_cli.cli import context, output
 from calsync_cli.cli.options import JsonOpt
+
+if TYPE_CHECKING:
+    from calsync_cli.importers import Kind
 
 PROGRESS_ROWS = 5000
 
@@ -33,7 +36,7 @@ FormatOpt = Annotated[
 ]
 
 
-def _run_import(kind: str, file: str, fmt: str | None, as_json: bool) -> None:
+def _run_import(kind: Kind, file: str, fmt: str | None, as_json: bool) -> None:
     from calsync_cli import importers
 
     store = context.store()
@@ -47,7 +50,7 @@ def _run_import(kind: str, file: str, fmt: str | None, as_json: bool) -> None:
             file,
             fmt=fmt,
             now=context.now(),
-            progress=bar,  # type: ignore[arg-type]
+            progress=bar,
         )
     for warning in result.warnings:
         output.warn(warning)

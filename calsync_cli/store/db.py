@@ -105,8 +105,9 @@ def create_db_engine(url: str) -> Engine:
 def _read_version(conn: Connection) -> int | None:
     if not sa.inspect(conn).has_table(models.Meta.__tablename__):
         return None
+    table = SQLModel.metadata.tables[models.Meta.__tablename__]
     row = conn.execute(
-        sa.select(models.Meta.value).where(models.Meta.key == "schema_version")  # type: ignore[arg-type]
+        sa.select(table.c.value).where(table.c.key == "schema_version")
     ).scalar_one_or_none()
     return int(row) if row is not None else None
 
@@ -183,14 +184,16 @@ class Store:
     @contextmanager
     def _session(self, begin: str) -> Iterator[Session]:
         try:
-            with self.engine.connect().execution_options(calsync_begin=begin) as conn:
-                with Session(bind=conn, expire_on_commit=False) as session:
-                    try:
-                        yield session
-                        session.commit()
-                    except BaseException:
-                        session.rollback()
-                        raise
+            with (
+                self.engine.connect().execution_options(calsync_begin=begin) as conn,
+                Session(bind=conn, expire_on_commit=False) as session,
+            ):
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
         except sa.exc.OperationalError as exc:
             raise StoreError(
                 f"database error: {exc.orig}",

@@ -1,0 +1,209 @@
+"""The command line: --json on every command, one-line errors, exit codes, help, completions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from calsync_cli.cli import completions
+from calsync_cli.cli.app import app
+from tests.conftest import PRACTICES, PROVIDERS, visit, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def run(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input)
+
+
+def run_json(*args: str) -> dict:
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Path:
+    write_jsonl(tmp_path / "practices.jsonl", PRACTICES)
+    write_jsonl(tmp_path / "providers.jsonl", PROVIDERS)
+    write_jsonl(tmp_path / "visits.jsonl", [visit("a"), visit("b", provider_id="dr-patel")])
+    for kind in ("practices", "providers", "visits"):
+        assert run(kind, "import", str(tmp_path / f"{kind}.jsonl")).exit_code == 0
+    return tmp_path
+
+
+def make_integration(provider: str = "dr-lee") -> int:
+    from calsync_cli import integrations
+    from calsync_cli.cli import context
+    from calsync_cli.store.db import Store
+
+    store = Store(os.environ["CALSYNC_DB_URL"])
+    with store.write() as s:
+        integ = integrations.create(
+            s,
+            provider_id=provider,
+            app="google",
+            now=context.now(),
+            account="a@example.com",
+            calendar_id="primary",
+        )
+        iid = integ.id
+    store.close()
+    assert iid is not None
+    return iid
+
+
+def test_empty_status_says_how_to_start() -> None:
+    result = run("status")
+    assert result.exit_code == 0
+    assert "calsync practices import" in result.stderr
+    assert run_json("status") == {"integrations": []}
+
+
+def test_imports_and_list_json(seeded: Path) -> None:
+    data = run_json("visits", "import", str(seeded / "visits.jsonl"))
+    assert data["unchanged"] == 2 and data["created"] == 0
+    listed = run_json("visits", "list", "--provider", "dr-lee")
+    assert [v["id"] for v in listed["visits"]] == ["a"]
+    assert listed["visits"][0]["start"] == "2026-12-01T09:00:00-06:00"
+    assert run_json("visits", "list", "--from", "2026-12-02")["visits"] == []
+    assert len(run_json("visits", "list", "--to", "2026-12-01")["visits"]) == 2
+
+
+def test_import_from_stdin_csv(seeded: Path) -> None:
+    csv_text = "id,name,timezone\nnew,New Clinic,Europe/Berlin\n"
+    result = run("practices", "import", "-", "--json", input=csv_text)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["created"] == 1
+
+
+def test_bad_file_is_one_line_exit_2_and_no_stdout(seeded: Path) -> None:
+    bad = write_jsonl(
+        seeded / "bad.jsonl", [visit("x"), visit("y", end="2026-12-01T08:00:00-06:00")]
+    )
+    result = run("visits", "import", str(bad), "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"calsync: error: {bad}:2: end")
+    assert "Traceback" not in result.stderr
+    missing = run("visits", "import", str(seeded / "nope.jsonl"))
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+
+
+def test_integration_commands_json(seeded: Path) -> None:
+    iid = make_integration()
+    [row] = run_json("status")["integrations"]
+    assert {k: row[k] for k in ("id", "provider_id", "app", "status", "direction", "paused")} == {
+        "id": iid,
+        "provider_id": "dr-lee",
+        "app": "google",
+        "status": "Active",
+        "direction": "push",
+        "paused": False,
+    }
+    assert set(row) >= {
+        "account",
+        "calendar_id",
+        "calendar_name",
+        "status_detail",
+        "last_synced_at",
+        "queued",
+        "failed",
+    }
+    shown = run_json("filters", "show", str(iid))
+    assert shown["patient_name"] is True and shown["providers"] == ["dr-lee"]
+    changed = run_json(
+        "filters",
+        "set",
+        str(iid),
+        "--no-patient-name",
+        "--patient-name-format",
+        "initials",
+        "--all-providers",
+    )
+    assert changed["patient_name"] is False and changed["patient_name_format"] == "initials"
+    assert changed["providers"] == []
+    assert run_json("direction", str(iid), "two-way")["direction"] == "two-way"
+    assert run_json("toggle", str(iid))["paused"] is True
+    assert run_json("toggle", str(iid), "--resume")["paused"] is False
+    assert run_json("status", str(iid))["integrations"][0]["direction"] == "two-way"
+
+
+def test_unknown_integration_and_bad_usage_exit_2(seeded: Path) -> None:
+    result = run("filters", "show", "42", "--json")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "no integration 42" in result.stderr and "calsync status" in result.stderr
+    assert run("direction", "1", "sideways").exit_code == 2
+    assert run("filters", "set", "1", "--practice", "main", "--all-practices").exit_code == 2
+
+
+def test_unbuilt_commands_say_so_with_exit_1() -> None:
+    for args in (["sweep"], ["conflicts"]):
+        result = run(*args)
+        if result.exit_code == 1 and "not available" in result.stderr:
+            assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_file_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("colour = 'blue'\n")
+    monkeypatch.setenv("CALSYNC_CONFIG", str(cfg))
+    result = run("status")
+    assert result.exit_code == 2 and "unknown setting 'colour'" in result.stderr
+
+
+def _all_commands():
+    root = typer.main.get_command(app)
+
+    def walk(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield path, cmd
+
+    return list(walk(root, []))
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _all_commands()], ids=" ".join)
+def test_every_command_has_help_json_and_readme_entry(path: list[str]) -> None:
+    cmd = {tuple(p): c for p, c in _all_commands()}[tuple(path)]
+    assert cmd.help and len(cmd.help) > 20, f"{path} needs help text"
+    names = [opt for p in cmd.params for opt in getattr(p, "opts", [])]
+    assert "--json" in names, f"{path} lacks --json"
+    result = run(*path, "--help")
+    assert result.exit_code == 0
+    assert f"calsync {' '.join(path)}" in (ROOT / "README.md").read_text(), f"README lacks {path}"
+
+
+def test_completions_are_current() -> None:
+    for name, generate in completions.GENERATORS.items():
+        committed = (ROOT / "completions" / name).read_text(encoding="utf-8")
+        assert committed == generate(), (
+            f"completions/{name} is stale: run python -m calsync_cli.cli.completions"
+        )
+
+
+def test_python_dash_m_and_version(tmp_path: Path) -> None:
+    env = {**os.environ, "CALSYNC_DB_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "calsync_cli", "--version"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0 and out.stdout.startswith("calsync ")
+    out = subprocess.run(
+        [sys.executable, "-m", "calsync_cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0 and json.loads(out.stdout) == {"integrations": []}
