@@ -1,0 +1,133 @@
+"""The ``/_sandbox/...`` control API: the Python API over HTTP, for a sandbox in another process.
+
+====================================  ============================================================
+``GET  /_sandbox/env``                the CALSYNC_* variables pointing at this sandbox
+``GET  /_sandbox/accounts``           every account (``?app=`` narrows); with ``&email=`` one
+``POST /_sandbox/accounts``           ``{app, email, personal?, calendars?}`` -> the account
+``GET  /_sandbox/events``             ``?app&email&calendar[&include_deleted=true]``
+``POST /_sandbox/tokens``             ``{app, email, scopes?}`` -> ``{access_token}``
+``POST /_sandbox/consent``            ``{decision: allow|deny, account?}``
+``POST /_sandbox/faults``             ``{app, email, action, ...}``; action is one of fail_next
+                                      (n, status, reason, retry_after), drop_next (n), latency
+                                      (seconds), expire_access_tokens, revoke_grant,
+                                      invalidate_sync_tokens, clear
+``POST /_sandbox/latency``            ``{seconds}``: the global latency
+``GET  /_sandbox/stats``              counters; ``POST /_sandbox/stats/reset`` clears them
+``GET  /_sandbox/revocations``        ``?app&email`` -> ``{revocations}``
+====================================  ============================================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from calsync_cli.sandbox._core import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from calsync_cli.sandbox._server import Sandbox
+
+
+def _bad(message: str, status: int = 400) -> Response:
+    return json_response(status, {"error": message})
+
+
+def handle(sb: Sandbox, req: Request, segs: list[str]) -> Response:
+    try:
+        return _route(sb, req, segs)
+    except KeyError as exc:
+        return _bad(str(exc.args[0]) if exc.args else "not found", 404)
+    except (ValueError, TypeError) as exc:
+        return _bad(str(exc))
+
+
+def _body(req: Request) -> dict[str, Any]:
+    data = req.json() if req.body else {}
+    if not isinstance(data, dict):
+        raise ValueError("a JSON object is expected")
+    return data
+
+
+def _need(source: dict[str, Any], *names: str) -> list[Any]:
+    missing = [n for n in names if source.get(n) in (None, "")]
+    if missing:
+        raise ValueError(f"missing: {', '.join(missing)}")
+    return [source[n] for n in names]
+
+
+def _route(sb: Sandbox, req: Request, segs: list[str]) -> Response:
+    m = req.method
+    q = {k: v[0] for k, v in req.query.items()}
+    if segs == ["env"] and m == "GET":
+        return json_response(200, sb.env())
+    if segs == ["accounts"]:
+        if m == "GET":
+            if q.get("email"):
+                app, email = _need(q, "app", "email")
+                return json_response(200, sb.account(app, email).to_json())
+            return json_response(
+                200, {"accounts": [a.to_json() for a in sb.accounts(q.get("app"))]}
+            )
+        if m == "POST":
+            data = _body(req)
+            app, email = _need(data, "app", "email")
+            acct = sb.add_account(
+                app,
+                email,
+                personal=bool(data.get("personal", False)),
+                calendars=data.get("calendars"),
+            )
+            return json_response(201, acct.to_json())
+    if segs == ["events"] and m == "GET":
+        app, email, calendar = _need(q, "app", "email", "calendar")
+        include = q.get("include_deleted", "false").lower() in ("1", "true", "yes")
+        return json_response(200, {"events": sb.events(app, email, calendar, include)})
+    if segs == ["tokens"] and m == "POST":
+        data = _body(req)
+        app, email = _need(data, "app", "email")
+        return json_response(200, {"access_token": sb.issue_token(app, email, data.get("scopes"))})
+    if segs == ["consent"] and m == "POST":
+        data = _body(req)
+        decision = data.get("decision", "allow")
+        if decision not in ("allow", "deny"):
+            raise ValueError("decision is 'allow' or 'deny'")
+        sb.consent(decision, data.get("account"))
+        return json_response(200, {"decision": decision, "account": data.get("account")})
+    if segs == ["faults"] and m == "POST":
+        data = _body(req)
+        app, email, action = _need(data, "app", "email", "action")
+        faults = sb.faults(app, email)
+        if action == "fail_next":
+            retry = data.get("retry_after")
+            faults.fail_next(
+                int(data.get("n", 1)),
+                int(data.get("status", 503)),
+                reason=data.get("reason"),
+                retry_after=float(retry) if retry is not None else None,
+            )
+        elif action == "drop_next":
+            faults.drop_next(int(data.get("n", 1)))
+        elif action == "latency":
+            faults.latency(float(data.get("seconds", 0.0)))
+        elif action == "expire_access_tokens":
+            faults.expire_access_tokens()
+        elif action == "revoke_grant":
+            faults.revoke_grant()
+        elif action == "invalidate_sync_tokens":
+            faults.invalidate_sync_tokens()
+        elif action == "clear":
+            faults.clear()
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        return json_response(200, {"ok": True})
+    if segs == ["latency"] and m == "POST":
+        sb.latency = float(_body(req).get("seconds", 0.0))
+        return json_response(200, {"latency": sb.latency})
+    if segs == ["stats"] and m == "GET":
+        return json_response(200, sb.stats())
+    if segs == ["stats", "reset"] and m == "POST":
+        sb.reset_stats()
+        return json_response(200, {"ok": True})
+    if segs == ["revocations"] and m == "GET":
+        app, email = _need(q, "app", "email")
+        return json_response(200, {"revocations": sb.revocations(app, email)})
+    return _bad("unknown control endpoint", 404)

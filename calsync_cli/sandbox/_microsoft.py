@@ -1,0 +1,1089 @@
+"""Microsoft: identity platform v2.0 (authorize, token) and Microsoft Graph v1.0 calendars."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import secrets
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from calsync_cli.sandbox import _oauth_common as oc
+from calsync_cli.sandbox._core import (
+    JSON,
+    Request,
+    Response,
+    empty_response,
+    error_page,
+    graph_stamp,
+    json_response,
+    now,
+    overlaps,
+    parse_instant,
+    redirect,
+    with_query,
+    zone,
+)
+from calsync_cli.sandbox._pipeline import Call, Route, run_call
+from calsync_cli.sandbox._state import (
+    CODE_TTL,
+    AccessToken,
+    AccountRec,
+    App,
+    AuthCode,
+    CalendarRec,
+    EventRec,
+    FailSpec,
+    State,
+)
+
+GRAPH_PREFIX = "/microsoft/graph/v1.0"
+MAX_BATCH = 20
+RESERVED_SCOPES = {"offline_access", "openid", "profile", "email"}
+READ_SCOPES = {"calendars.read", "calendars.readwrite", "calendars.readbasic"}
+WRITE_SCOPES = {"calendars.readwrite"}
+NOT_FOUND_MSG = "The specified object was not found in the store."
+ACCESS_DENIED_MSG = "Access is denied. Check credentials and try again."
+SVEP = "singleValueExtendedProperties"
+EXPAND_RE = re.compile(
+    r"^\s*singleValueExtendedProperties\s*(?:\(\s*\$filter\s*=\s*(?P<f>.*)\)\s*)?$", re.I
+)
+ID_EQ_RE = re.compile(r"id\s+eq\s+'((?:[^']|'')*)'", re.I)
+ANY_FILTER_RE = re.compile(
+    r"^\s*singleValueExtendedProperties/any\(\s*(\w+)\s*:\s*\1/id\s+eq\s+'((?:[^']|'')*)'"
+    r"(?:\s+and\s+\1/value\s+eq\s+'((?:[^']|'')*)')?\s*\)\s*$",
+    re.I,
+)
+SHOW_AS = {"free", "tentative", "busy", "oof", "workingElsewhere", "unknown"}
+
+
+def norm_scope(scope: str) -> str:
+    s = scope.strip()
+    for prefix in ("https://graph.microsoft.com/", "https://graph.microsoft.com//"):
+        if s.lower().startswith(prefix):
+            s = s[len(prefix) :]
+    return s.lower()
+
+
+def inner_error() -> JSON:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    rid = str(uuid.uuid4())
+    return {"date": stamp, "request-id": rid, "client-request-id": rid}
+
+
+def gerr(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: list[tuple[str, str]] | None = None,
+    inner_code: str | None = None,
+) -> Response:
+    inner = inner_error()
+    if inner_code:
+        inner = {"code": inner_code, **inner}
+    return json_response(
+        status, {"error": {"code": code, "message": message, "innerError": inner}}, headers
+    )
+
+
+def item_not_found() -> Response:
+    return gerr(404, "ErrorItemNotFound", NOT_FOUND_MSG)
+
+
+def access_denied() -> Response:
+    return gerr(403, "ErrorAccessDenied", ACCESS_DENIED_MSG)
+
+
+def aad_error(status: int, error: str, code: int, message: str) -> Response:
+    trace, corr = str(uuid.uuid4()), str(uuid.uuid4())
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return json_response(
+        status,
+        {
+            "error": error,
+            "error_description": f"AADSTS{code}: {message} Trace ID: {trace} "
+            f"Correlation ID: {corr} Timestamp: {stamp}",
+            "error_codes": [code],
+            "timestamp": stamp,
+            "trace_id": trace,
+            "correlation_id": corr,
+            "error_uri": f"https://login.microsoftonline.com/error?code={code}",
+        },
+    )
+
+
+def is_localhost_redirect(uri: str) -> bool:
+    try:
+        parts = urlsplit(uri)
+        _ = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme == "http"
+        and parts.hostname == "localhost"
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+class MicrosoftService:
+    app: App = "outlook"
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    # ------------------------------------------------------------------ pipeline protocol
+    def unauthorized(self, req: Request, known_but_expired: bool) -> Response:
+        message = (
+            "Access token is empty."
+            if req.bearer() is None
+            else "Access token has expired or is not yet valid."
+            if known_but_expired
+            else "IDX14100: JWT is not well formed, there are no dots (.)."
+        )
+        return gerr(
+            401,
+            "InvalidAuthenticationToken",
+            message,
+            headers=[
+                (
+                    "WWW-Authenticate",
+                    'Bearer realm="", authorization_uri="'
+                    f'{self.state.base_url}/microsoft/common/oauth2/authorize", '
+                    f'client_id="00000003-0000-0000-c000-000000000000"',
+                )
+            ],
+        )
+
+    def insufficient_scope(self, route: Route, token: AccessToken) -> Response | None:
+        scopes = {norm_scope(s) for s in token.scopes}
+        if route.need == "read" and not scopes & READ_SCOPES:
+            return access_denied()
+        if route.need == "write" and not scopes & WRITE_SCOPES:
+            return access_denied()
+        return None
+
+    def fault_response(self, spec: FailSpec) -> Response:
+        headers: list[tuple[str, str]] = []
+        retry_after = spec.retry_after
+        if retry_after is None and spec.status == 429:
+            retry_after = self.state.retry_after
+        if retry_after is not None:
+            headers.append(("Retry-After", str(max(0, round(retry_after)))))
+        code, message = {
+            400: ("BadRequest", "The request is malformed or incorrect."),
+            401: ("InvalidAuthenticationToken", "Access token has expired or is not yet valid."),
+            403: ("ErrorAccessDenied", ACCESS_DENIED_MSG),
+            404: ("ErrorItemNotFound", NOT_FOUND_MSG),
+            409: (
+                "ErrorIrresolvableConflict",
+                "The send or update operation could not be "
+                "performed because the change key passed in the request does not match the "
+                "current change key for the item.",
+            ),
+            429: ("ApplicationThrottled", "Application is over its MailboxConcurrency limit."),
+            500: (
+                "InternalServerError",
+                "An internal server error occurred. The operation failed.",
+            ),
+            502: ("BadGateway", "The service is temporarily unavailable."),
+            503: (
+                "ServiceNotAvailable",
+                "The service is temporarily unavailable. Please retry later.",
+            ),
+            504: ("GatewayTimeout", "The service did not answer in time."),
+        }.get(spec.status, ("UnknownError", ""))
+        inner = "MailboxConcurrency" if spec.status == 429 and spec.reason is None else None
+        return gerr(spec.status, spec.reason or code, message, headers=headers, inner_code=inner)
+
+    def throttled(self) -> Response:
+        return gerr(
+            429,
+            "ApplicationThrottled",
+            "Application is over its MailboxConcurrency limit.",
+            headers=[("Retry-After", str(self.state.retry_after))],
+            inner_code="MailboxConcurrency",
+        )
+
+    def resolve(self, req: Request) -> Route | Response:
+        segs = req.segments()
+        if segs[:3] != ["microsoft", "graph", "v1.0"]:
+            return gerr(400, "BadRequest", "Invalid request.")
+        s = segs[3:]
+        low = [x.lower() for x in s]
+        m = req.method
+        if not s or low[0] != "me":
+            seg = s[0] if s else ""
+            return gerr(400, "BadRequest", f"Resource not found for the segment '{seg}'.")
+        rest, rlow = s[1:], low[1:]
+        if not rest:
+            if m == "GET":
+                return Route("me.get", self.me, "any")
+            return self._method_not_allowed()
+        # Normalise the calendar part: calendars/{id}/..., calendar/..., or events directly.
+        params: dict[str, str] = {}
+        if rlow[0] == "calendars":
+            if len(rest) == 1:
+                return (
+                    Route("calendars.list", self.calendars_list, "read")
+                    if m == "GET"
+                    else (self._method_not_allowed())
+                )
+            params["cal"] = rest[1]
+            tail, tlow = rest[2:], rlow[2:]
+            if not tail:
+                return (
+                    Route("calendar.get", self.calendar_get, "read", params)
+                    if m == "GET"
+                    else (self._method_not_allowed())
+                )
+        elif rlow[0] == "calendar":
+            params["cal"] = ""
+            tail, tlow = rest[1:], rlow[1:]
+            if not tail:
+                return (
+                    Route("calendar.get", self.calendar_get, "read", params)
+                    if m == "GET"
+                    else (self._method_not_allowed())
+                )
+        elif rlow[0] in ("events", "calendarview"):
+            params["cal"] = "*" if rlow[0] == "events" else ""
+            tail, tlow = rest, rlow
+        else:
+            return gerr(400, "BadRequest", f"Resource not found for the segment '{rest[0]}'.")
+        if tlow == ["events"]:
+            if m == "GET":
+                return Route("events.list", self.events_list, "read", params)
+            if m == "POST":
+                if params["cal"] == "*":
+                    params["cal"] = ""
+                return Route("events.create", self.events_create, "write", params)
+            return self._method_not_allowed()
+        if len(tlow) == 2 and tlow[0] == "events":
+            params["event"] = tail[1]
+            if m == "GET":
+                return Route("events.get", self.events_get, "read", params)
+            if m == "PATCH":
+                return Route("events.update", self.events_update, "write", params)
+            if m == "DELETE":
+                return Route("events.delete", self.events_delete, "write", params)
+            return self._method_not_allowed()
+        if tlow == ["calendarview"] and m == "GET":
+            return Route("calendarView", self.calendar_view, "read", params)
+        if tlow in (["getschedule"], ["microsoft.graph.getschedule"]) and m == "POST":
+            return Route("getSchedule", self.get_schedule, "read", params)
+        seg = tail[0] if tail else ""
+        return gerr(400, "BadRequest", f"Resource not found for the segment '{seg}'.")
+
+    @staticmethod
+    def _method_not_allowed() -> Response:
+        return gerr(
+            405,
+            "Request_BadRequest",
+            "Specified HTTP method is not allowed for the request target.",
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _calendar(self, call: Call) -> CalendarRec | Response:
+        cal_id = call.params.get("cal", "")
+        if cal_id in ("", "*"):
+            return call.account.primary()
+        cal = call.account.calendars.get(cal_id)
+        if cal is not None:
+            return cal
+        if not cal_id.startswith("AAMk"):
+            return gerr(400, "ErrorInvalidIdMalformed", "Id is malformed.")
+        return item_not_found()
+
+    def _find_event(self, call: Call) -> tuple[CalendarRec, EventRec] | Response:
+        event_id = call.params["event"]
+        if call.params.get("cal") == "*":
+            for cal in call.account.calendars.values():
+                ev = cal.events.get(event_id)
+                if ev is not None and not ev.deleted:
+                    return cal, ev
+        else:
+            found = self._calendar(call)
+            if isinstance(found, Response):
+                return found
+            ev = found.events.get(event_id)
+            if ev is not None and not ev.deleted:
+                return found, ev
+        if not event_id.startswith("AAMk"):
+            return gerr(400, "ErrorInvalidIdMalformed", "Id is malformed.")
+        return item_not_found()
+
+    def _calendar_json(self, account: AccountRec, cal: CalendarRec) -> JSON:
+        return {
+            "id": cal.id,
+            "name": cal.name,
+            "color": "auto",
+            "hexColor": "",
+            "isDefaultCalendar": cal.primary,
+            "changeKey": "DwAAABYAAAA" + str(abs(hash(cal.id)) % 10**8),
+            "canShare": cal.primary,
+            "canViewPrivateItems": True,
+            "canEdit": cal.writable,
+            "allowedOnlineMeetingProviders": ["teamsForBusiness"] if not account.personal else [],
+            "defaultOnlineMeetingProvider": "teamsForBusiness" if not account.personal else "none",
+            "isTallyingResponses": True,
+            "isRemovable": not cal.primary,
+            "owner": {"name": account.display_name, "address": account.email},
+        }
+
+    def _event_out(self, req: Request, ev: EventRec) -> JSON:
+        data = copy.deepcopy(ev.data)
+        props = data.pop(SVEP, None) or []
+        expand = req.q("$expand")
+        if expand:
+            match = EXPAND_RE.match(expand)
+            if match is not None:
+                flt = match.group("f")
+                if flt:
+                    wanted = {i.replace("''", "'").lower() for i in ID_EQ_RE.findall(flt)}
+                    chosen = [p for p in props if str(p.get("id", "")).lower() in wanted]
+                else:
+                    chosen = props
+                if chosen:
+                    data[SVEP] = chosen
+        return data
+
+    def _validate(self, body: JSON, *, partial: bool) -> Response | None:
+        for which in ("start", "end"):
+            if which not in body:
+                if partial:
+                    continue
+                return gerr(
+                    400,
+                    "ErrorInvalidRequest",
+                    f"Your request can't be completed. The {which} time is missing.",
+                )
+            value = body[which]
+            if not isinstance(value, dict) or not isinstance(value.get("dateTime"), str):
+                return gerr(400, "ErrorInvalidRequest", f"Invalid {which} dateTimeTimeZone.")
+            tz = value.get("timeZone")
+            if not isinstance(tz, str) or zone(tz) is None:
+                return gerr(
+                    400,
+                    "TimeZoneNotSupportedException",
+                    "A valid TimeZone value must be specified. The following TimeZone value is "
+                    f"not supported: '{tz}'.",
+                )
+            if parse_instant(value["dateTime"], tz) is None:
+                return gerr(
+                    400,
+                    "UnableToDeserializePostBody",
+                    f"Cannot convert the literal '{value['dateTime']}' to the expected type "
+                    "'Edm.DateTimeOffset'.",
+                )
+        if "showAs" in body and body["showAs"] not in SHOW_AS:
+            return gerr(400, "RequestBodyRead", f"Invalid value for showAs: {body['showAs']}")
+        props = body.get(SVEP)
+        props_ok = isinstance(props, list) and all(
+            isinstance(p, dict) and isinstance(p.get("id"), str) and "value" in p for p in props
+        )
+        if props is not None and not props_ok:
+            return gerr(400, "ErrorInvalidRequest", "Invalid singleValueExtendedProperties.")
+        return None
+
+    @staticmethod
+    def _span(data: JSON) -> tuple[datetime | None, datetime | None]:
+        out: list[datetime | None] = []
+        for which in ("start", "end"):
+            value = data.get(which) or {}
+            out.append(
+                parse_instant(str(value.get("dateTime", "")), value.get("timeZone") or "UTC")
+                if isinstance(value, dict)
+                else None
+            )
+        return out[0], out[1]
+
+    def _touch(self, ev: EventRec) -> None:
+        stamp = now()
+        key = "DwAAABYAAAA" + secrets.token_urlsafe(18)
+        ev.data["lastModifiedDateTime"] = graph_stamp(stamp)
+        ev.data["changeKey"] = key
+        ev.data["@odata.etag"] = f'W/"{key}"'
+        ev.mod = self.state.tick()
+
+    def _context(self, account: AccountRec, what: str) -> str:
+        return f"{self.state.base_url}{GRAPH_PREFIX}/$metadata#users('{account.email}')/{what}"
+
+    # ------------------------------------------------------------------ handlers
+    def me(self, call: Call) -> Response:
+        a = call.account
+        return json_response(
+            200,
+            {
+                "@odata.context": f"{self.state.base_url}{GRAPH_PREFIX}/$metadata#users/$entity",
+                "id": a.user_id,
+                "displayName": a.display_name,
+                "mail": a.email,
+                "userPrincipalName": a.email,
+            },
+        )
+
+    def calendars_list(self, call: Call) -> Response:
+        value = [self._calendar_json(call.account, c) for c in call.account.calendars.values()]
+        return json_response(
+            200, {"@odata.context": self._context(call.account, "calendars"), "value": value}
+        )
+
+    def calendar_get(self, call: Call) -> Response:
+        cal = self._calendar(call)
+        if isinstance(cal, Response):
+            return cal
+        body = {
+            "@odata.context": self._context(call.account, "calendars/$entity"),
+            **self._calendar_json(call.account, cal),
+        }
+        return json_response(200, body)
+
+    def events_create(self, call: Call) -> Response:
+        cal = self._calendar(call)
+        if isinstance(cal, Response):
+            return cal
+        body = _json_body(call.req)
+        if not isinstance(body, dict):
+            return gerr(400, "BadRequest", "Empty Payload. JSON content expected.")
+        if not cal.writable:
+            return access_denied()
+        txn = body.get("transactionId")
+        if isinstance(txn, str) and txn:
+            for other in call.account.calendars.values():
+                for ev in other.events.values():
+                    if not ev.deleted and ev.data.get("transactionId") == txn:
+                        return json_response(201, self._event_out(call.req, ev))
+        invalid = self._validate(body, partial=False)
+        if invalid is not None:
+            return invalid
+        stamp = now()
+        event_id = "AAMkAG" + secrets.token_urlsafe(96) + "="
+        a = call.account
+        data: JSON = {
+            "@odata.context": self._context(a, f"calendars('{cal.id}')/events/$entity"),
+            "@odata.etag": "",
+            "id": event_id,
+            "createdDateTime": graph_stamp(stamp),
+            "lastModifiedDateTime": graph_stamp(stamp),
+            "changeKey": "",
+            "categories": [],
+            "transactionId": txn if isinstance(txn, str) else None,
+            "originalStartTimeZone": body["start"]["timeZone"],
+            "originalEndTimeZone": body["end"]["timeZone"],
+            "iCalUId": "040000008200E00074C5B7101A82E008" + secrets.token_hex(28).upper(),
+            "reminderMinutesBeforeStart": 15,
+            "isReminderOn": True,
+            "hasAttachments": False,
+            "subject": "",
+            "bodyPreview": "",
+            "importance": "normal",
+            "sensitivity": "normal",
+            "isAllDay": False,
+            "isCancelled": False,
+            "isOrganizer": True,
+            "responseRequested": True,
+            "seriesMasterId": None,
+            "showAs": "busy",
+            "type": "singleInstance",
+            "webLink": f"{self.state.base_url}/microsoft/owa/?itemid={event_id}&exvsurl=1",
+            "onlineMeetingUrl": None,
+            "isOnlineMeeting": False,
+            "responseStatus": {"response": "organizer", "time": "0001-01-01T00:00:00Z"},
+            "body": {"contentType": "text", "content": ""},
+            "start": None,
+            "end": None,
+            "location": {
+                "displayName": "",
+                "locationType": "default",
+                "uniqueIdType": "unknown",
+                "address": {},
+                "coordinates": {},
+            },
+            "locations": [],
+            "attendees": [],
+            "organizer": {"emailAddress": {"name": a.display_name, "address": a.email}},
+        }
+        self._apply(data, body)
+        ev = EventRec(data=data, created_seq=self.state.tick())
+        self._touch(ev)
+        cal.events[event_id] = ev
+        return json_response(201, self._event_out(call.req, ev))
+
+    @staticmethod
+    def _apply(data: JSON, body: JSON) -> None:
+        for key, value in body.items():
+            if key in (
+                "id",
+                "@odata.etag",
+                "@odata.context",
+                "createdDateTime",
+                "changeKey",
+                "lastModifiedDateTime",
+                "iCalUId",
+                "organizer",
+            ):
+                continue
+            if key == "transactionId" and data.get("transactionId"):
+                continue
+            if key == SVEP:
+                props = {str(p["id"]).lower(): p for p in data.get(SVEP) or []}
+                for p in value or []:
+                    props[str(p["id"]).lower()] = {"id": p["id"], "value": p["value"]}
+                data[SVEP] = list(props.values())
+            elif key == "location" and isinstance(value, dict):
+                loc = dict(data.get("location") or {})
+                loc.update(value)
+                data["location"] = loc
+            else:
+                data[key] = copy.deepcopy(value)
+        content = (data.get("body") or {}).get("content") or ""
+        data["bodyPreview"] = re.sub(r"<[^>]+>", "", str(content))[:255]
+
+    def events_get(self, call: Call) -> Response:
+        found = self._find_event(call)
+        if isinstance(found, Response):
+            return found
+        return json_response(200, self._event_out(call.req, found[1]))
+
+    def events_update(self, call: Call) -> Response:
+        found = self._find_event(call)
+        if isinstance(found, Response):
+            return found
+        cal, ev = found
+        body = _json_body(call.req)
+        if not isinstance(body, dict):
+            return gerr(400, "BadRequest", "Empty Payload. JSON content expected.")
+        if not cal.writable:
+            return access_denied()
+        invalid = self._validate(body, partial=True)
+        if invalid is not None:
+            return invalid
+        new = copy.deepcopy(ev.data)
+        self._apply(new, body)
+        start, end = self._span(new)
+        if start is None or end is None:
+            return gerr(400, "ErrorInvalidRequest", "Invalid start or end.")
+        ev.data = new
+        self._touch(ev)
+        return json_response(200, self._event_out(call.req, ev))
+
+    def events_delete(self, call: Call) -> Response:
+        found = self._find_event(call)
+        if isinstance(found, Response):
+            return found
+        cal, ev = found
+        if not cal.writable:
+            return access_denied()
+        ev.deleted = True
+        self._touch(ev)
+        return empty_response(204)
+
+    def _listing(self, call: Call, events: list[EventRec], what: str, default_top: int) -> Response:
+        req = call.req
+        flt = req.q("$filter")
+        if flt:
+            match = ANY_FILTER_RE.match(flt)
+            if match is None:
+                return gerr(
+                    400,
+                    "ErrorInvalidUrlQueryFilter",
+                    "The query filter contains one or more invalid nodes.",
+                )
+            pid = match.group(2).replace("''", "'").lower()
+            pval = match.group(3).replace("''", "'") if match.group(3) is not None else None
+            events = [
+                ev
+                for ev in events
+                if any(
+                    str(p.get("id", "")).lower() == pid and (pval is None or p.get("value") == pval)
+                    for p in ev.data.get(SVEP) or []
+                )
+            ]
+        try:
+            top = int(req.q("$top") or default_top)
+            skip = int(req.q("$skip") or 0)
+        except ValueError:
+            return gerr(400, "BadRequest", "Invalid $top or $skip.")
+        if top < 1 or skip < 0:
+            return gerr(400, "BadRequest", "Invalid $top or $skip.")
+        top = min(top, 1000)
+        page = events[skip : skip + top]
+        body: JSON = {
+            "@odata.context": self._context(call.account, what),
+            "value": [self._event_out(req, ev) for ev in page],
+        }
+        if skip + top < len(events):
+            query = {k: v[0] for k, v in req.query.items()}
+            query["$top"] = str(top)
+            query["$skip"] = str(skip + top)
+            body["@odata.nextLink"] = f"{self.state.base_url}{req.raw_path}?{urlencode(query)}"
+        return json_response(200, body)
+
+    def _live(self, call: Call) -> list[EventRec] | Response:
+        if call.params.get("cal") == "*":
+            cals = list(call.account.calendars.values())
+        else:
+            cal = self._calendar(call)
+            if isinstance(cal, Response):
+                return cal
+            cals = [cal]
+        out = [ev for c in cals for ev in c.events.values() if not ev.deleted]
+        return sorted(out, key=lambda e: e.created_seq)
+
+    def events_list(self, call: Call) -> Response:
+        events = self._live(call)
+        if isinstance(events, Response):
+            return events
+        return self._listing(call, events, "events", 10)
+
+    def calendar_view(self, call: Call) -> Response:
+        req = call.req
+        start_text, end_text = req.q("startDateTime"), req.q("endDateTime")
+        if not start_text or not end_text:
+            return gerr(
+                400,
+                "ErrorInvalidParameter",
+                "This request requires a time window specified by the query string parameters "
+                "StartDateTime and EndDateTime.",
+            )
+        lo, hi = parse_instant(start_text, "UTC"), parse_instant(end_text, "UTC")
+        if lo is None or hi is None:
+            return gerr(
+                400,
+                "ErrorInvalidParameter",
+                "The value of StartDateTime or EndDateTime is not a valid date and time.",
+            )
+        events = self._live(call)
+        if isinstance(events, Response):
+            return events
+        chosen = []
+        for ev in events:
+            start, end = self._span(ev.data)
+            if start is not None and end is not None and overlaps(start, end, lo, hi):
+                chosen.append((start, ev))
+        chosen.sort(key=lambda pair: (pair[0], pair[1].created_seq))
+        return self._listing(call, [ev for _, ev in chosen], "calendarView", 10)
+
+    def get_schedule(self, call: Call) -> Response:
+        if call.account.personal:
+            return gerr(
+                400,
+                "ErrorInvalidRequest",
+                "Your request can't be completed. getSchedule is not available for personal "
+                "Microsoft accounts.",
+            )
+        body = _json_body(call.req)
+        if not isinstance(body, dict):
+            return gerr(400, "BadRequest", "Empty Payload. JSON content expected.")
+        schedules = body.get("schedules")
+        start_obj, end_obj = body.get("startTime"), body.get("endTime")
+        if not isinstance(schedules, list) or not schedules:
+            return gerr(400, "ErrorInvalidParameter", "The parameter 'schedules' is missing.")
+        if not isinstance(start_obj, dict) or not isinstance(end_obj, dict):
+            return gerr(400, "ErrorInvalidParameter", "startTime and endTime are required.")
+        lo = parse_instant(str(start_obj.get("dateTime", "")), start_obj.get("timeZone") or "UTC")
+        hi = parse_instant(str(end_obj.get("dateTime", "")), end_obj.get("timeZone") or "UTC")
+        if lo is None or hi is None or hi <= lo:
+            return gerr(400, "ErrorInvalidParameter", "Invalid time window.")
+        try:
+            interval = int(body.get("availabilityViewInterval") or 30)
+        except (TypeError, ValueError):
+            interval = 30
+        interval = min(max(interval, 5), 1440)
+        value = []
+        for address in schedules:
+            rec = self.state.accounts.get(("outlook", str(address).lower()))
+            if rec is None or rec.personal:
+                value.append(
+                    {
+                        "scheduleId": address,
+                        "availabilityView": "",
+                        "error": {
+                            "message": "The user doesn't exist or isn't licensed.",
+                            "responseCode": "ErrorMailRecipientNotFound",
+                        },
+                        "scheduleItems": [],
+                    }
+                )
+                continue
+            items = []
+            for ev in rec.primary().events.values():
+                show = ev.data.get("showAs", "busy")
+                if ev.deleted or ev.data.get("isCancelled") or show == "free":
+                    continue
+                start, end = self._span(ev.data)
+                if start is None or end is None or not overlaps(start, end, lo, hi):
+                    continue
+                items.append((start, end, show, ev))
+            items.sort(key=lambda t: t[0])
+            view = []
+            rank = {"free": 0, "tentative": 1, "busy": 2, "oof": 3, "workingElsewhere": 4}
+            slot = lo
+            step = timedelta(minutes=interval)
+            while slot < hi:
+                level = 0
+                for start, end, show, _ in items:
+                    if start < slot + step and end > slot:
+                        level = max(level, rank.get(show, 2))
+                view.append(str(level))
+                slot += step
+            value.append(
+                {
+                    "scheduleId": address,
+                    "availabilityView": "".join(view),
+                    "scheduleItems": [
+                        {
+                            "isPrivate": False,
+                            "status": show,
+                            "subject": ev.data.get("subject", ""),
+                            "location": (ev.data.get("location") or {}).get("displayName", ""),
+                            "start": {"dateTime": _naive_utc(start), "timeZone": "UTC"},
+                            "end": {"dateTime": _naive_utc(end), "timeZone": "UTC"},
+                        }
+                        for start, end, show, ev in items
+                    ],
+                    "workingHours": {
+                        "daysOfWeek": ["monday", "tuesday", "wednesday", "thursday", "friday"],
+                        "startTime": "08:00:00.0000000",
+                        "endTime": "17:00:00.0000000",
+                        "timeZone": {"name": "UTC"},
+                    },
+                }
+            )
+        return json_response(
+            200,
+            {
+                "@odata.context": f"{self.state.base_url}{GRAPH_PREFIX}/$metadata#"
+                "Collection(microsoft.graph.scheduleInformation)",
+                "value": value,
+            },
+        )
+
+    # ------------------------------------------------------------------ direct calls and $batch
+    def api(self, req: Request) -> Response:
+        return run_call(self, self.state, req, take_slot=True)
+
+    def batch(self, req: Request) -> Response:
+        token = self.state.authenticate("outlook", req.bearer())
+        if token is None:
+            return self.unauthorized(req, req.bearer() is not None)
+        body = _json_body(req)
+        items = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            return gerr(400, "BadRequest", "Invalid batch payload format.")
+        if len(items) > MAX_BATCH:
+            return gerr(
+                400,
+                "BadRequest",
+                f"The batch request contains {len(items)} requests; at most {MAX_BATCH} are "
+                "allowed.",
+            )
+        ids: set[str] = set()
+        for item in items:
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("id"), str | int)
+                or not isinstance(item.get("method"), str)
+                or not isinstance(item.get("url"), str)
+            ):
+                return gerr(400, "BadRequest", "Each batch request needs id, method and url.")
+            if str(item["id"]) in ids:
+                return gerr(400, "BadRequest", "Batch request ids must be unique.")
+            ids.add(str(item["id"]))
+        with self.state.lock:
+            self.state.stats.batches["outlook"] += 1
+        sequential = any(item.get("dependsOn") for item in items)
+        results: dict[str, JSON] = {}
+        if sequential:
+            for item in items:
+                deps = [str(d) for d in item.get("dependsOn") or []]
+                if any(not (200 <= results.get(d, {}).get("status", 0) < 300) for d in deps):
+                    results[str(item["id"])] = {
+                        "id": str(item["id"]),
+                        "status": 424,
+                        "headers": {"Content-Type": "application/json"},
+                        "body": {
+                            "error": {
+                                "code": "FailedDependency",
+                                "message": "A request it depends on failed.",
+                            }
+                        },
+                    }
+                    continue
+                results[str(item["id"])] = self._batch_item(req, item)
+        else:
+            workers = max(1, min(len(items), self.state.mailbox_concurrency))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graph-batch") as pool:
+                futures = [pool.submit(self._batch_item, req, item) for item in items]
+                for item, fut in zip(items, futures, strict=True):
+                    results[str(item["id"])] = fut.result()
+        return json_response(200, {"responses": [results[str(i["id"])] for i in items]})
+
+    def _batch_item(self, outer: Request, item: JSON) -> JSON:
+        url = str(item["url"])
+        if "://" in url:
+            parts = urlsplit(url)
+            url = parts.path + (f"?{parts.query}" if parts.query else "")
+            url = url.removeprefix("/v1.0")
+        if not url.startswith("/"):
+            url = "/" + url
+        headers = {str(k): str(v) for k, v in (item.get("headers") or {}).items()}
+        if outer.headers.get("authorization"):
+            headers["authorization"] = outer.headers["authorization"]
+        raw = item.get("body")
+        payload = b""
+        if raw is not None:
+            payload = raw.encode() if isinstance(raw, str) else json.dumps(raw).encode()
+        inner = Request.from_target(str(item["method"]), GRAPH_PREFIX + url, headers, payload)
+        resp = run_call(self, self.state, inner, in_batch=True, take_slot=True)
+        out: JSON = {"id": str(item["id"]), "status": resp.status}
+        hdrs = {name: value for name, value in resp.headers if name.lower() != "content-length"}
+        if hdrs:
+            out["headers"] = hdrs
+        if resp.body:
+            try:
+                out["body"] = json.loads(resp.body)
+            except ValueError:
+                out["body"] = resp.body.decode("utf-8", "replace")
+        return out
+
+    # ------------------------------------------------------------------ OAuth
+    def authorize(self, req: Request) -> Response:
+        params = req.form() if req.method == "POST" else {k: v[0] for k, v in req.query.items()}
+        client_id = params.get("client_id", "")
+        if client_id != self.state.clients["outlook"]:
+            return error_page(
+                400,
+                "Sign in error",
+                f"AADSTS700016: Application with identifier '{client_id}' was not found in the "
+                "directory.",
+            )
+        redirect_uri = params.get("redirect_uri", "")
+        if not is_localhost_redirect(redirect_uri):
+            return error_page(
+                400,
+                "Sign in error",
+                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does "
+                "not match the redirect URIs configured for the application.",
+            )
+        state_param = params.get("state")
+
+        def fail(error: str, description: str) -> Response:
+            out = {"error": error, "error_description": description}
+            if state_param is not None:
+                out["state"] = state_param
+            return redirect(with_query(redirect_uri, out))
+
+        if params.get("response_type") != "code":
+            return fail(
+                "unsupported_response_type",
+                "AADSTS700054: response_type 'id_token' is not enabled for the application.",
+            )
+        scopes = params.get("scope", "").split()
+        if not scopes:
+            return fail(
+                "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: 'scope'.",
+            )
+        challenge = params.get("code_challenge", "")
+        if not challenge or params.get("code_challenge_method") != "S256":
+            return fail(
+                "invalid_request",
+                "AADSTS9002325: Proof Key for Code Exchange is required for this client.",
+            )
+        if req.method == "GET" and not self.state.auto_approve:
+            return oc.consent_page("Microsoft", req.raw_path, params, self.state, "outlook")
+        decision, email = oc.decide(self.state, "outlook", params)
+        if email is None:
+            return error_page(400, "No account", "The sandbox has no Microsoft account.")
+        if decision != "allow":
+            return fail("access_denied", "AADSTS65004: User declined to consent to access the app.")
+        with self.state.lock:
+            rec = self.state.find("outlook", email)
+            grant = self.state.locked_grant_for("outlook", client_id, rec.email)
+            if grant is None:
+                grant = self.state.locked_new_grant("outlook", client_id, rec.email, set(scopes))
+            grant.scopes |= set(scopes)
+            code = "0.A" + secrets.token_urlsafe(60)
+            self.state.codes[code] = AuthCode(
+                code=code,
+                app="outlook",
+                client_id=client_id,
+                email=rec.email,
+                redirect_uri=redirect_uri,
+                challenge=challenge,
+                scopes=scopes,
+                issue_refresh="offline_access" in scopes,
+                include_granted=False,
+                expires_at=time.monotonic() + CODE_TTL,
+            )
+        out = {"code": code}
+        if state_param is not None:
+            out["state"] = state_param
+        return redirect(with_query(redirect_uri, out))
+
+    def token(self, req: Request) -> Response:
+        form = req.form()
+        client_id, secret = oc.client_credentials(req, form)
+        if client_id != self.state.clients["outlook"]:
+            return aad_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory.",
+            )
+        if secret is not None or form.get("client_assertion"):
+            return aad_error(
+                401,
+                "invalid_client",
+                700025,
+                "Client is public so neither 'client_assertion' nor 'client_secret' should be "
+                "presented.",
+            )
+        grant_type = form.get("grant_type")
+        if grant_type == "authorization_code":
+            return self._token_code(form, client_id)
+        if grant_type == "refresh_token":
+            return self._token_refresh(form, client_id)
+        if grant_type is None:
+            return aad_error(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'grant_type'.",
+            )
+        return aad_error(
+            400,
+            "unsupported_grant_type",
+            70003,
+            f"The app requested an unsupported grant type '{grant_type}'.",
+        )
+
+    def _issue(self, grant_scopes: list[str], grant: Any, refresh: bool) -> JSON:
+        api_scopes = [s for s in grant_scopes if s.lower() not in RESERVED_SCOPES]
+        access = self.state.locked_issue_access(grant, set(grant_scopes))
+        out: JSON = {
+            "token_type": "Bearer",
+            "scope": " ".join(api_scopes),
+            "expires_in": 3600,
+            "ext_expires_in": 3600,
+            "access_token": access,
+        }
+        if refresh:
+            out["refresh_token"] = self.state.locked_issue_refresh(grant)
+        return out
+
+    def _token_code(self, form: dict[str, str], client_id: str) -> Response:
+        with self.state.lock:
+            code = self.state.codes.get(form.get("code", ""))
+            if code is None or code.app != "outlook" or code.client_id != client_id:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    9002313,
+                    "Invalid request. Request is malformed or invalid.",
+                )
+            if code.used:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    54005,
+                    "OAuth2 Authorization code was already redeemed, please retry with a new "
+                    "valid code or use an existing refresh token.",
+                )
+            if time.monotonic() > code.expires_at:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    70008,
+                    "The provided authorization code "
+                    "or refresh token has expired due to inactivity.",
+                )
+            if form.get("redirect_uri") != code.redirect_uri:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    500112,
+                    "The reply address does not match the reply address provided when "
+                    "requesting Authorization code.",
+                )
+            verifier = form.get("code_verifier", "")
+            if not verifier or not oc.s256_matches(verifier, code.challenge):
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    501481,
+                    "The Code_Verifier does not match the code_challenge supplied in the "
+                    "authorization request.",
+                )
+            grant = self.state.locked_grant_for("outlook", client_id, code.email)
+            if grant is None:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    50173,
+                    "The provided grant has expired due to it being revoked.",
+                )
+            code.used = True
+            self.state.stats.code_exchanges[("outlook", code.email)] += 1
+            out = self._issue(code.scopes, grant, code.issue_refresh)
+        return json_response(200, out, [("Cache-Control", "no-store"), ("Pragma", "no-cache")])
+
+    def _token_refresh(self, form: dict[str, str], client_id: str) -> Response:
+        with self.state.lock:
+            token = form.get("refresh_token", "")
+            grant = self.state.refresh_tokens.get(token)
+            if grant is None or not grant.alive or grant.app != "outlook":
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    70000,
+                    "The provided value for the 'refresh_token' is not valid. The refresh token "
+                    "has been used, revoked or has expired.",
+                )
+            if grant.client_id != client_id:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    70000,
+                    "The refresh token was issued to a different client.",
+                )
+            wanted = form.get("scope", "").split() or sorted(grant.scopes)
+            granted = {norm_scope(s) for s in grant.scopes}
+            extra = [
+                s
+                for s in wanted
+                if s.lower() not in RESERVED_SCOPES and norm_scope(s) not in granted
+            ]
+            if extra:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    65001,
+                    "The user or administrator has not consented to use the application for "
+                    f"the scope '{extra[0]}'.",
+                )
+            self.state.locked_drop_refresh(token)  # rotation: the old one is spent
+            self.state.stats.refreshes[("outlook", grant.email)] += 1
+            keep = sorted(set(wanted) | ({"offline_access"} & grant.scopes))
+            out = self._issue(keep, grant, True)
+        return json_response(200, out, [("Cache-Control", "no-store"), ("Pragma", "no-cache")])
+
+
+def _json_body(req: Request) -> Any:
+    try:
+        return req.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _naive_utc(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000")
