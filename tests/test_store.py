@@ -312,3 +312,28 @@ def test_enqueue_direct_is_idempotent(store: Store, tmp_path: Path) -> None:
     with store.write() as s:
         assert jobs.enqueue(s, [(lee, "a", "upsert"), (lee, "a", "upsert")], NOW) == 0
     assert len(live_jobs(store)) == 1
+
+
+def test_status_fast_path_matches_the_store(tmp_path: Path) -> None:
+    from calsync_cli.store import quick
+    from calsync_cli.store.models import SCHEMA_VERSION
+
+    assert quick.SCHEMA_VERSION == SCHEMA_VERSION
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert quick.status_rows(url) is None  # no file yet: the full path creates it
+    store = Store(url)
+    seed(store, tmp_path)
+    lee, patel = connect(store), connect(store, "dr-patel")
+    import_visits(store, tmp_path, [visit("a"), visit("b"), visit("c", provider_id="dr-patel")])
+    with store.write() as s:
+        s.execute(sa.update(Job).where(Job.visit_id == "b").values(state="failed"))
+        integ = s.get(Integration, lee)
+        assert integ is not None
+        integ.last_synced_at = NOW
+        integ.status, integ.status_detail = "Error", "HTTP 503 from Google"
+        s.add(integ)
+    core.toggle(store, patel, True, now=NOW)
+    assert quick.status_rows(url) == core.status_rows(store)
+    assert quick.status_rows(url, patel) == core.status_rows(store, patel)
+    assert quick.status_rows(url, 99) is None
+    store.close()

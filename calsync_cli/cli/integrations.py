@@ -53,14 +53,19 @@ def status(
     Status is Active (syncing), Pending (a calendar must be chosen), Error (the latest attempt
     failed; calsync keeps retrying; see the detail) or Disconnected.
     """
-    from calsync_cli import integrations as core
+    from calsync_cli.store import quick
 
-    store = context.store()
-    rows = core.status_rows(store, integration)
+    rows = quick.status_rows(context.settings().db_url, integration)
+    if rows is None:
+        from calsync_cli import integrations as core
+
+        rows = core.status_rows(context.store(), integration)
 
     def human() -> None:
         if not rows:
-            counts = core.store_counts(store)
+            from calsync_cli import integrations as core
+
+            counts = core.store_counts(context.store())
             have = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
             output.say(GETTING_STARTED.format(counts=f" ({have} stored)" if have else ""))
             return
