@@ -107,6 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     server_version = "calsync-sandbox/1"
+    disable_nagle_algorithm = True
     sys_version = ""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
