@@ -81,12 +81,13 @@ def main(
 
 
 def _register() -> None:
-    from calsync_cli.cli import data, integrations, later
+    from calsync_cli.cli import connect, data, integrations, later
 
     app.add_typer(data.practices, name="practices")
     app.add_typer(data.providers, name="providers")
     app.add_typer(data.visits, name="visits")
     integrations.register(app)
+    connect.register(app)
     later.register(app)
 
 
