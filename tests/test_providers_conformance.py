@@ -1,0 +1,430 @@
+"""One conformance suite for every calendar provider, run against the embedded sandbox over
+loopback (STYLE.md item 8). ``ProviderConformance`` holds the cases; ``TestGoogle`` and
+``TestOutlook`` say only how to build their client and how to read the sandbox's stored events.
+
+Waits are faked (the providers take a ``sleep``), so throttling with ``Retry-After`` costs no time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+from zoneinfo import ZoneInfo
+
+import httpx2
+import pytest
+
+from calsync_cli.config import Settings
+from calsync_cli.providers.base import (
+    CalendarProvider,
+    EventData,
+    Gone,
+    NotFound,
+    Operation,
+    PermissionDenied,
+    RateLimited,
+    ReauthRequired,
+    TokenSource,
+    Unavailable,
+)
+from calsync_cli.providers.factory import make_provider
+from calsync_cli.providers.google import event_id_for
+from calsync_cli.sandbox import Sandbox
+
+T = TypeVar("T")
+CHICAGO = ZoneInfo("America/Chicago")
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(port=0) as sb:
+        yield sb
+
+
+class SandboxTokens(TokenSource):
+    """Tokens issued by the sandbox directly. ``refresh`` asks the sandbox for a new one, unless
+    the test revoked the grant: then it raises ``ReauthRequired`` as the real refresh would."""
+
+    def __init__(self, sb: Sandbox, app: str, email: str) -> None:
+        self.sb, self.app, self.email = sb, app, email
+        self.token = sb.issue_token(app, email)
+        self.refreshes = 0
+        self.revoked = False
+
+    async def access_token(self) -> str:
+        return self.token
+
+    async def refresh(self) -> str:
+        self.refreshes += 1
+        if self.revoked:
+            raise ReauthRequired("the grant was revoked (invalid_grant)")
+        self.token = self.sb.issue_token(self.app, self.email)
+        return self.token
+
+
+class FakeSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def visit_event(
+    key: str, *, hour: int = 9, title: str = "[Main St] - Jane Doe - Follow Up"
+) -> EventData:
+    start = datetime(2026, 12, 1, hour, 0, tzinfo=CHICAGO)
+    return EventData(
+        key=key,
+        title=title,
+        description="Main St\nJane Doe\nFollow Up",
+        location="12 Main St, Room 4",
+        start=start,
+        end=start + timedelta(minutes=30),
+        timezone="America/Chicago",
+        tag=f"tag-{key}",
+    )
+
+
+class ProviderConformance:
+    """The behaviour every ``CalendarProvider`` owes the engine."""
+
+    app: ClassVar[str]
+    #: a well-formed id of an event that does not exist
+    missing_event_id: ClassVar[str]
+
+    # -- what subclasses say -------------------------------------------------------------------
+
+    def stored_title(self, event: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def stored_tag(self, event: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def stored_start(self, event: dict[str, Any]) -> datetime:
+        raise NotImplementedError
+
+    def stored_timezone(self, event: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def account(self, sandbox: Sandbox) -> str:
+        email = f"dr{next(_counter)}@{self.app}.example.com"
+        sandbox.add_account(self.app, email, calendars=[{"name": "Holidays", "writable": False}])
+        return email
+
+    def primary(self, sb: Sandbox, email: str) -> str:
+        return next(c["id"] for c in sb.account(self.app, email).calendars if c["primary"])
+
+    def read_only(self, sb: Sandbox, email: str) -> str:
+        return next(c["id"] for c in sb.account(self.app, email).calendars if not c["writable"])
+
+    def run(
+        self,
+        sb: Sandbox,
+        email: str,
+        body: Callable[[CalendarProvider], Awaitable[T]],
+        *,
+        budget: float = 30.0,
+        sleep: FakeSleep | None = None,
+        tokens: SandboxTokens | None = None,
+    ) -> T:
+        env = sb.env()
+        settings = Settings(
+            db_url="sqlite://",
+            google_api_url=env["CALSYNC_GOOGLE_API_URL"],
+            google_batch_url=env["CALSYNC_GOOGLE_BATCH_URL"],
+            microsoft_graph_url=env["CALSYNC_MICROSOFT_GRAPH_URL"],
+        )
+        source = tokens or SandboxTokens(sb, self.app, email)
+
+        async def main() -> T:
+            async with httpx2.AsyncClient(timeout=10) as client:
+                provider = make_provider(
+                    self.app,  # type: ignore[arg-type]
+                    client,
+                    source,
+                    settings,
+                    retry_budget=budget,
+                    sleep=sleep or FakeSleep(),
+                )
+                try:
+                    return await body(provider)
+                finally:
+                    await provider.aclose()
+
+        return asyncio.run(main())
+
+    def live(self, sb: Sandbox, email: str) -> list[dict[str, Any]]:
+        return sb.events(self.app, email, self.primary(sb, email))
+
+    # -- calendars -----------------------------------------------------------------------------
+
+    def test_list_calendars(self, sandbox: Sandbox, account: str) -> None:
+        calendars = self.run(sandbox, account, lambda p: p.list_calendars())
+        expected = sandbox.account(self.app, account).calendars
+        assert {(c.id, c.name, c.primary, c.writable) for c in calendars} == {
+            (c["id"], c["name"], c["primary"], c["writable"]) for c in expected
+        }
+        primary = [c for c in calendars if c.primary]
+        assert len(primary) == 1 and primary[0].writable
+        assert any(c.name == "Holidays" and not c.writable for c in calendars)
+
+    def test_account_is_the_email(self, sandbox: Sandbox, account: str) -> None:
+        assert self.run(sandbox, account, lambda p: p.account()).lower() == account.lower()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def test_create_is_visible(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        event = visit_event("k-create")
+        event_id = self.run(sandbox, account, lambda p: p.create_event(cal, event))
+        (stored,) = self.live(sandbox, account)
+        assert stored["id"] == event_id
+        assert self.stored_title(stored) == event.title
+        assert self.stored_tag(stored) == event.tag
+        assert self.stored_start(stored) == event.start
+        assert self.stored_timezone(stored) == "America/Chicago"
+
+    def test_create_twice_with_one_key_makes_one_event(
+        self, sandbox: Sandbox, account: str
+    ) -> None:
+        cal = self.primary(sandbox, account)
+        event = visit_event("k-twice")
+
+        async def twice(p: CalendarProvider) -> tuple[str, str]:
+            return await p.create_event(cal, event), await p.create_event(cal, event)
+
+        first, second = self.run(sandbox, account, twice)
+        assert first == second
+        assert [e["id"] for e in self.live(sandbox, account)] == [first]
+
+    def test_create_after_delete_with_a_new_key(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+
+        async def flow(p: CalendarProvider) -> str:
+            old = await p.create_event(cal, visit_event("k-gen0"))
+            await p.delete_event(cal, old)
+            return await p.create_event(cal, visit_event("k-gen1", title="Visit"))
+
+        new_id = self.run(sandbox, account, flow)
+        (stored,) = self.live(sandbox, account)
+        assert stored["id"] == new_id and self.stored_title(stored) == "Visit"
+
+    def test_update(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        event = visit_event("k-update")
+
+        async def flow(p: CalendarProvider) -> tuple[str, str]:
+            event_id = await p.create_event(cal, event)
+            moved = replace(
+                event,
+                title="Visit",
+                start=event.start + timedelta(hours=1),
+                end=event.end + timedelta(hours=1),
+            )
+            return event_id, await p.update_event(cal, event_id, moved)
+
+        created, updated = self.run(sandbox, account, flow)
+        assert created == updated
+        (stored,) = self.live(sandbox, account)
+        assert self.stored_title(stored) == "Visit"
+        assert self.stored_start(stored) == event.start + timedelta(hours=1)
+
+    def test_update_after_outside_delete(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        event = visit_event("k-outside")
+        event_id = self.run(sandbox, account, lambda p: p.create_event(cal, event))
+        self.run(sandbox, account, lambda p: p.delete_event(cal, event_id))  # "the user" deletes
+        with pytest.raises((NotFound, Gone)):
+            self.run(sandbox, account, lambda p: p.update_event(cal, event_id, event))
+        assert self.live(sandbox, account) == []
+
+    def test_delete_twice(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+
+        async def flow(p: CalendarProvider) -> None:
+            event_id = await p.create_event(cal, visit_event("k-del"))
+            await p.delete_event(cal, event_id)
+            with pytest.raises((NotFound, Gone)):
+                await p.delete_event(cal, event_id)
+
+        self.run(sandbox, account, flow)
+        assert self.live(sandbox, account) == []
+
+    def test_read_only_calendar(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.read_only(sandbox, account)
+        with pytest.raises(PermissionDenied):
+            self.run(sandbox, account, lambda p: p.create_event(cal, visit_event("k-ro")))
+
+    def test_unknown_event(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        with pytest.raises((NotFound, Gone)):
+            self.run(sandbox, account, lambda p: p.delete_event(cal, self.missing_event_id))
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def test_throttle_is_retried_within_budget(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        sandbox.faults(self.app, account).fail_next(2, status=429, retry_after=3)
+        sleep = FakeSleep()
+        self.run(sandbox, account, lambda p: p.create_event(cal, visit_event("k-429")), sleep=sleep)
+        assert len(sleep.waits) == 2 and all(w >= 3 for w in sleep.waits)
+        assert len(self.live(sandbox, account)) == 1
+
+    def test_throttle_without_budget_is_raised(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        sandbox.faults(self.app, account).fail_next(1, status=429, retry_after=3)
+        with pytest.raises(RateLimited) as info:
+            self.run(sandbox, account, lambda p: p.create_event(cal, visit_event("k")), budget=0)
+        assert info.value.retry_after == 3
+
+    def test_throttle_longer_than_budget_is_raised_at_once(
+        self, sandbox: Sandbox, account: str
+    ) -> None:
+        sandbox.faults(self.app, account).fail_next(1, status=429, retry_after=300)
+        sleep = FakeSleep()
+        with pytest.raises(RateLimited) as info:
+            self.run(sandbox, account, lambda p: p.list_calendars(), sleep=sleep)
+        assert info.value.retry_after == 300 and sleep.waits == []
+        sandbox.faults(self.app, account).clear()
+
+    def test_server_error_is_unavailable(self, sandbox: Sandbox, account: str) -> None:
+        sandbox.faults(self.app, account).fail_next(1, status=503)
+        with pytest.raises(Unavailable):
+            self.run(sandbox, account, lambda p: p.list_calendars(), budget=0)
+        assert self.run(sandbox, account, lambda p: p.list_calendars())
+
+    def test_dropped_connection_is_unavailable(self, sandbox: Sandbox, account: str) -> None:
+        sandbox.faults(self.app, account).drop_next(1)
+        with pytest.raises(Unavailable):
+            self.run(sandbox, account, lambda p: p.list_calendars(), budget=0)
+
+    def test_dropped_connection_is_retried(self, sandbox: Sandbox, account: str) -> None:
+        sandbox.faults(self.app, account).drop_next(1)
+        assert self.run(sandbox, account, lambda p: p.list_calendars())
+
+    def test_expired_access_token_is_refreshed(self, sandbox: Sandbox, account: str) -> None:
+        tokens = SandboxTokens(sandbox, self.app, account)
+        sandbox.faults(self.app, account).expire_access_tokens()
+        assert self.run(sandbox, account, lambda p: p.list_calendars(), tokens=tokens)
+        assert tokens.refreshes == 1
+
+    def test_revoked_grant_needs_reauth(self, sandbox: Sandbox, account: str) -> None:
+        tokens = SandboxTokens(sandbox, self.app, account)
+        sandbox.faults(self.app, account).revoke_grant()
+        tokens.revoked = True
+        with pytest.raises(ReauthRequired):
+            self.run(sandbox, account, lambda p: p.list_calendars(), tokens=tokens)
+        assert tokens.refreshes == 1
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def test_list_busy(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        inside, outside = visit_event("k-in", hour=9), visit_event("k-out", hour=15)
+
+        async def flow(p: CalendarProvider) -> Any:
+            a = await p.create_event(cal, inside)
+            await p.create_event(cal, outside)
+            gone = await p.create_event(cal, visit_event("k-gone", hour=10))
+            await p.delete_event(cal, gone)
+            window = (inside.start - timedelta(minutes=15), inside.start + timedelta(hours=2))
+            return a, await p.list_busy(cal, *window)
+
+        event_id, blocks = self.run(sandbox, account, flow)
+        assert [(b.event_id, b.tag) for b in blocks] == [(event_id, inside.tag)]
+        assert blocks[0].start == inside.start and blocks[0].end == inside.end
+
+    def test_batch_with_per_item_failures(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+
+        async def flow(p: CalendarProvider) -> Any:
+            keep = await p.create_event(cal, visit_event("k-b1"))
+            drop = await p.create_event(cal, visit_event("k-b2", hour=11))
+            ops = [
+                Operation("create", event=visit_event("k-b3", hour=12)),
+                Operation("update", event=visit_event("k-b1", title="Visit"), event_id=keep),
+                Operation("delete", event_id=drop),
+                Operation("delete", event_id=self.missing_event_id),
+            ]
+            return keep, await p.batch(cal, ops)
+
+        keep, results = self.run(sandbox, account, flow)
+        assert [r.error is None for r in results] == [True, True, True, False]
+        assert isinstance(results[3].error, (NotFound, Gone))
+        assert results[1].event_id == keep
+        live = {e["id"]: self.stored_title(e) for e in self.live(sandbox, account)}
+        assert live == {keep: "Visit", results[0].event_id: visit_event("x").title}
+
+
+class TestGoogle(ProviderConformance):
+    app = "google"
+    missing_event_id = "nosuchevent0"
+
+    def stored_title(self, event: dict[str, Any]) -> str:
+        return str(event["summary"])
+
+    def stored_tag(self, event: dict[str, Any]) -> str | None:
+        return event.get("extendedProperties", {}).get("private", {}).get("calsync")
+
+    def stored_start(self, event: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(event["start"]["dateTime"].replace("Z", "+00:00"))
+
+    def stored_timezone(self, event: dict[str, Any]) -> str:
+        return str(event["start"]["timeZone"])
+
+    def test_create_after_delete_with_the_same_key_restores(
+        self, sandbox: Sandbox, account: str
+    ) -> None:
+        cal = self.primary(sandbox, account)
+        event = visit_event("k-restore")
+
+        async def flow(p: CalendarProvider) -> str:
+            event_id = await p.create_event(cal, event)
+            await p.delete_event(cal, event_id)
+            return await p.create_event(cal, replace(event, title="Visit"))
+
+        event_id = self.run(sandbox, account, flow)
+        assert event_id == event_id_for(event.key)
+        (stored,) = self.live(sandbox, account)
+        assert stored["id"] == event_id and stored["status"] == "confirmed"
+        assert self.stored_title(stored) == "Visit"
+
+    def test_403_rate_limit_is_rate_limited(self, sandbox: Sandbox, account: str) -> None:
+        sandbox.faults(self.app, account).fail_next(1, status=403, reason="rateLimitExceeded")
+        with pytest.raises(RateLimited):
+            self.run(sandbox, account, lambda p: p.list_calendars(), budget=0)
+
+
+class TestOutlook(ProviderConformance):
+    app = "outlook"
+    missing_event_id = "AAMkAGnosuchevent0="
+
+    def stored_title(self, event: dict[str, Any]) -> str:
+        return str(event["subject"])
+
+    def stored_tag(self, event: dict[str, Any]) -> str | None:
+        from calsync_cli.providers.microsoft import TAG_PROPERTY_ID
+
+        for prop in event.get("singleValueExtendedProperties") or ():
+            if prop.get("id", "").lower() == TAG_PROPERTY_ID.lower():
+                return str(prop["value"])
+        return None
+
+    def stored_start(self, event: dict[str, Any]) -> datetime:
+        raw = event["start"]["dateTime"]
+        head, _, frac = raw.partition(".")
+        moment = datetime.fromisoformat(head)
+        zone = event["start"].get("timeZone") or "UTC"
+        return moment.replace(tzinfo=UTC if zone == "UTC" else ZoneInfo(zone))
+
+    def stored_timezone(self, event: dict[str, Any]) -> str:
+        return str(event.get("originalStartTimeZone") or event["start"]["timeZone"])
