@@ -121,10 +121,11 @@ class ProviderConformance:
         return email
 
     def primary(self, sb: Sandbox, email: str) -> str:
-        return next(c["id"] for c in sb.account(self.app, email).calendars if c["primary"])
+        return next(str(c["id"]) for c in sb.account(self.app, email).calendars if c["primary"])
 
     def read_only(self, sb: Sandbox, email: str) -> str:
-        return next(c["id"] for c in sb.account(self.app, email).calendars if not c["writable"])
+        calendars = sb.account(self.app, email).calendars
+        return next(str(c["id"]) for c in calendars if not c["writable"])
 
     def run(
         self,
@@ -357,12 +358,34 @@ class ProviderConformance:
             ]
             return keep, await p.batch(cal, ops)
 
+        batches_before = sandbox.stats()["batches"].get(self.app, 0)
         keep, results = self.run(sandbox, account, flow)
+        assert sandbox.stats()["batches"].get(self.app, 0) == batches_before + 1
         assert [r.error is None for r in results] == [True, True, True, False]
         assert isinstance(results[3].error, (NotFound, Gone))
         assert results[1].event_id == keep
         live = {e["id"]: self.stored_title(e) for e in self.live(sandbox, account)}
         assert live == {keep: "Visit", results[0].event_id: visit_event("x").title}
+
+    def test_batch_item_throttle_is_retried(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        ops = [Operation("create", event=visit_event(f"k-bt{i}", hour=8 + i)) for i in range(3)]
+        sandbox.faults(self.app, account).fail_next(1, status=429, retry_after=2)
+        sleep = FakeSleep()
+        results = self.run(sandbox, account, lambda p: p.batch(cal, ops), sleep=sleep)
+        assert all(r.error is None for r in results)
+        assert sleep.waits and sleep.waits[0] >= 2
+        assert len(self.live(sandbox, account)) == 3
+
+    def test_batch_item_throttle_without_budget(self, sandbox: Sandbox, account: str) -> None:
+        cal = self.primary(sandbox, account)
+        ops = [Operation("create", event=visit_event(f"k-bn{i}", hour=8 + i)) for i in range(3)]
+        sandbox.faults(self.app, account).fail_next(1, status=429, retry_after=2)
+        results = self.run(sandbox, account, lambda p: p.batch(cal, ops), budget=0)
+        errors = [r.error for r in results if r.error is not None]
+        assert len(errors) == 1
+        assert isinstance(errors[0], RateLimited) and errors[0].retry_after == 2
+        assert len(self.live(sandbox, account)) == 2
 
 
 class TestGoogle(ProviderConformance):
@@ -373,7 +396,8 @@ class TestGoogle(ProviderConformance):
         return str(event["summary"])
 
     def stored_tag(self, event: dict[str, Any]) -> str | None:
-        return event.get("extendedProperties", {}).get("private", {}).get("calsync")
+        tag = event.get("extendedProperties", {}).get("private", {}).get("calsync")
+        return str(tag) if tag is not None else None
 
     def stored_start(self, event: dict[str, Any]) -> datetime:
         return datetime.fromisoformat(event["start"]["dateTime"].replace("Z", "+00:00"))
@@ -428,3 +452,19 @@ class TestOutlook(ProviderConformance):
 
     def stored_timezone(self, event: dict[str, Any]) -> str:
         return str(event.get("originalStartTimeZone") or event["start"]["timeZone"])
+
+    def test_concurrency_stays_within_the_mailbox_limit(
+        self, sandbox: Sandbox, account: str
+    ) -> None:
+        cal = self.primary(sandbox, account)
+        sandbox.faults(self.app, account).latency(0.02)
+
+        async def flow(p: CalendarProvider) -> list[str]:
+            events = [visit_event(f"k-c{i}", hour=8 + i % 8) for i in range(10)]
+            return list(await asyncio.gather(*(p.create_event(cal, e) for e in events)))
+
+        ids = self.run(sandbox, account, flow, budget=0)
+        sandbox.faults(self.app, account).clear()
+        assert len(set(ids)) == 10
+        stats = sandbox.stats()
+        assert 1 < stats["max_concurrency"]["outlook"][account] <= 4
