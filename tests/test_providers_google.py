@@ -475,3 +475,20 @@ def test_factory_uses_settings() -> None:
                 make_provider("yahoo", client, StaticTokenSource("t"), settings)  # type: ignore[arg-type]
 
     asyncio.run(main())
+
+
+def test_account_after_list_calendars_needs_no_second_call() -> None:
+    calls = 0
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        nonlocal calls
+        calls += 1
+        items = [{"id": "dr@example.com", "summary": "dr", "primary": True, "accessRole": "owner"}]
+        return httpx2.Response(200, json={"items": items})
+
+    async def both(p: GoogleCalendarProvider) -> str:
+        await p.list_calendars()
+        return await p.account()
+
+    assert run(handler, both) == "dr@example.com"
+    assert calls == 1

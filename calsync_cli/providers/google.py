@@ -354,6 +354,9 @@ class GoogleCalendarProvider(CalendarProvider):
                 )
             token = page.get("nextPageToken")
             if not isinstance(token, str) or not token:
+                primary = next((c for c in calendars if c.primary), None)
+                if primary is not None:
+                    self._account = primary.id
                 return calendars
             params = {"maxResults": "250", "pageToken": token}
 
