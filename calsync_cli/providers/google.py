@@ -546,13 +546,15 @@ class GoogleCalendarProvider(CalendarProvider):
         pending = [i for i in indices if self._valid(operations[i], results, i)]
         restore: list[int] = []
         answered_once = False
+        refreshed = False
         item_error: ProviderError | None = None
 
         async def attempt() -> None:
-            nonlocal pending, answered_once, item_error
+            nonlocal pending, answered_once, item_error, refreshed
             answers = await self._send_batch(calendar_id, [(i, operations[i]) for i in pending])
             answered_once = True
             again: list[int] = []
+            expired: list[int] = []
             worst: ProviderError | None = None
             for i in pending:
                 result = self._item_result(operations[i], answers.get(i))
@@ -561,9 +563,20 @@ class GoogleCalendarProvider(CalendarProvider):
                     continue
                 results[i] = result
                 error = result.error
-                if isinstance(error, RateLimited | Unavailable):
+                if isinstance(error, AuthExpired) and not refreshed:
+                    expired.append(i)
+                elif isinstance(error, RateLimited | Unavailable):
                     again.append(i)
                     worst = slower_error(worst, error)
+            if expired:
+                # The parts were refused with the current token: refresh once (ReauthRequired
+                # propagates) and send those parts again at once.
+                refreshed = True
+                await self._http.tokens.refresh()
+                pending = expired
+                await attempt()
+                pending = again + pending
+                return
             pending = again
             if worst is not None:
                 item_error = worst

@@ -1,0 +1,464 @@
+"""The sync worker: claim due jobs, push them, record the outcome.
+
+For each claimed job the worker decides from the visit as it is now (jobs carry no content):
+
+* the visit belongs on the integration's calendar (not cancelled, filters match): create its
+  event, or update it when the rendered content changed (no API call when it did not), or move
+  it when the integration's calendar changed (delete there, create here); an event deleted
+  outside calsync is created again;
+* it does not (cancelled, reassigned, filtered out): delete its event; an event already gone
+  counts as deleted.
+
+Failures follow DESIGN.md's schedule: retried 1, 4, 16, 60 and 60 minutes later (up to 10%
+jitter; a longer Retry-After wins), then failed. A refused grant holds the integration's jobs
+(no retry used up) and sets it to Error, "reconnect needed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from calsync_cli.config import Settings
+from calsync_cli.engine.render import Rendered, render
+from calsync_cli.errors import CalsyncError
+from calsync_cli.providers.base import (
+    CalendarProvider,
+    Gone,
+    NotFound,
+    Operation,
+    ProviderError,
+    RateLimited,
+    ReauthRequired,
+)
+from calsync_cli.store import audit, jobs, queue
+from calsync_cli.store.db import Store
+from calsync_cli.store.models import EventLink, Integration
+
+RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=4), timedelta(minutes=16),
+                timedelta(hours=1), timedelta(hours=1))  # fmt: skip
+MAX_RETRIES = len(RETRY_DELAYS)
+JITTER = 0.10
+
+OpenProvider = Callable[..., AbstractAsyncContextManager[CalendarProvider]]
+
+
+def retry_at(
+    attempts: int, now: datetime, *, retry_after: float | None, rng: random.Random
+) -> datetime:
+    """When to try again after the ``attempts``-th failure (1-based)."""
+    delay = RETRY_DELAYS[min(attempts, MAX_RETRIES) - 1]
+    delay = delay * (1 + rng.uniform(0, JITTER))
+    if retry_after is not None and timedelta(seconds=retry_after) > delay:
+        delay = timedelta(seconds=retry_after)
+    return now + delay
+
+
+@dataclass
+class Outcome:
+    kind: str  # created | updated | deleted | skipped
+    external_id: str | None = None
+    calendar_id: str | None = None
+    content_hash: str | None = None
+    generation: int | None = None
+    fields: tuple[str, ...] = ()
+
+
+@dataclass
+class IntegrationSummary:
+    id: int
+    app: str
+    pushed: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    rescheduled: int = 0
+    failed: int = 0
+    held: int = 0
+    needs_reauth: bool = False
+    error: str | None = None
+
+    def add(self, other: IntegrationSummary) -> None:
+        for name in ("pushed", "updated", "deleted", "skipped", "rescheduled", "failed", "held"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.needs_reauth = self.needs_reauth or other.needs_reauth
+        self.error = other.error or self.error
+
+
+@dataclass
+class RunSummary:
+    integrations: dict[int, IntegrationSummary] = field(default_factory=dict)
+
+    def merge(self, summary: IntegrationSummary) -> None:
+        if summary.id in self.integrations:
+            self.integrations[summary.id].add(summary)
+        else:
+            self.integrations[summary.id] = summary
+
+    @property
+    def exit_code(self) -> int:
+        items = self.integrations.values()
+        if any(s.needs_reauth for s in items):
+            return 4
+        return 1 if any(s.failed for s in items) else 0
+
+    def totals(self) -> dict[str, int]:
+        keys = ("pushed", "updated", "deleted", "skipped", "rescheduled", "failed", "held")
+        return {k: sum(getattr(s, k) for s in self.integrations.values()) for k in keys}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "integrations": [asdict(s) for s in self.integrations.values()],
+            "totals": self.totals(),
+            "exit_code": self.exit_code,
+        }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, ProviderError | CalsyncError) else type(exc).__name__
+    return " ".join(str(text).split())[:300]
+
+
+class Worker:
+    """Runs due sync work. ``clock``, ``rng``, ``sleep`` and ``open_provider`` are injectable."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        owner: str | None = None,
+        lease: timedelta = timedelta(minutes=5),
+        claim_limit: int = 2000,
+        open_provider: OpenProvider | None = None,
+        provider_options: dict[str, Any] | None = None,
+        rng: random.Random | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self.lease = lease
+        self.claim_limit = claim_limit
+        if open_provider is None:
+            from calsync_cli.auth.clients import open_provider as default_open
+
+            open_provider = default_open
+        self.open_provider = open_provider
+        self.provider_options = provider_options or {}
+        self.rng = rng or random.Random()
+        self.on_progress = on_progress
+        self.stop_requested = False
+
+    # ----------------------------------------------------------------- run
+
+    async def run_once(self, *, max_rounds: int = 50) -> RunSummary:
+        """Process everything due now (several claim rounds), then return."""
+        summary = RunSummary()
+        done = total = 0
+        client = self._http_client()
+        try:
+            for _ in range(max_rounds):
+                if self.stop_requested:
+                    break
+                now = self.clock()
+                with self.store.write() as session:
+                    claimed = queue.claim(
+                        session, owner=self.owner, now=now, lease=self.lease, limit=self.claim_limit
+                    )
+                if not claimed:
+                    break
+                total += sum(len(items) for _, items in claimed.values())
+                results = await asyncio.gather(
+                    *(self._integration(integ, items, client) for integ, items in claimed.values())
+                )
+                for result in results:
+                    summary.merge(result)
+                    done += sum(
+                        getattr(result, k)
+                        for k in (
+                            "pushed",
+                            "updated",
+                            "deleted",
+                            "skipped",
+                            "rescheduled",
+                            "failed",
+                            "held",
+                        )
+                    )
+                    if self.on_progress:
+                        self.on_progress(done, total)
+        finally:
+            if client is not None:
+                await client.aclose()
+            with self.store.write() as session:
+                queue.release(session, self.owner, now=self.clock())
+        return summary
+
+    def _http_client(self) -> Any:
+        if "client" in self.provider_options:
+            return None
+        from calsync_cli.auth.clients import http_client
+
+        return http_client()
+
+    # ----------------------------------------------------------------- one integration
+
+    async def _integration(
+        self, integ: Integration, items: Sequence[queue.Claimed], client: Any
+    ) -> IntegrationSummary:
+        assert integ.id is not None and integ.calendar_id is not None
+        outcomes: dict[int, Outcome | BaseException] = {}
+        try:
+            options = dict(self.provider_options)
+            if client is not None:
+                options["client"] = client
+            async with self.open_provider(
+                self.settings, integ.app, integ.id, integ.provider_id, **options
+            ) as provider:
+                await self._push(provider, integ, items, outcomes)
+        except ReauthRequired as exc:
+            for item in items:
+                outcomes.setdefault(item.job.id, exc)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the whole integration failed this round
+            for item in items:
+                outcomes.setdefault(item.job.id, exc)  # type: ignore[arg-type]
+        return self._complete(integ, items, outcomes)
+
+    def _generation(self, integ: Integration, link: EventLink | None, bump: bool = False) -> int:
+        # Google keeps a deleted event's id (a re-create restores it), so its key never changes;
+        # Graph's transactionId must be fresh after a delete.
+        if integ.app == "google":
+            return 0
+        base = link.generation if link else 0
+        return base + 1 if bump else base
+
+    async def _push(
+        self,
+        provider: CalendarProvider,
+        integ: Integration,
+        items: Sequence[queue.Claimed],
+        outcomes: dict[int, Outcome | BaseException],
+    ) -> None:
+        calendar = integ.calendar_id
+        assert calendar is not None
+        link_url = self.settings.visit_link
+        creates: list[tuple[queue.Claimed, Rendered]] = []
+        updates: list[tuple[queue.Claimed, Rendered]] = []
+        deletes: list[tuple[queue.Claimed, str, str]] = []  # item, calendar, event id
+        moves: list[tuple[queue.Claimed, Rendered]] = []
+        for item in items:
+            job_id, visit, link = item.job.id, item.visit, item.link
+            assert job_id is not None
+            belongs = visit.status != "cancelled" and jobs.matches(
+                integ, visit.practice_id, visit.provider_id
+            )
+            live = link is not None and link.external_id is not None
+            if belongs:
+                rendered = render(
+                    visit, item.practice, integ,
+                    generation=self._generation(integ, link), visit_link=link_url(visit.id),
+                )  # fmt: skip
+                if not live:
+                    creates.append((item, rendered))
+                elif link is not None and link.calendar_id != calendar:
+                    moves.append((item, rendered))
+                elif link is not None and link.content_hash == rendered.content_hash:
+                    outcomes[job_id] = Outcome("skipped")
+                else:
+                    updates.append((item, rendered))
+            elif live and link is not None and link.external_id is not None:
+                deletes.append((item, link.calendar_id or calendar, link.external_id))
+            else:
+                outcomes[job_id] = Outcome("skipped")
+
+        # Moves: delete on the old calendar first, then create on the new one.
+        for old_calendar in {lk.calendar_id for lk in (m[0].link for m in moves) if lk}:
+            batch = [m for m in moves if m[0].link and m[0].link.calendar_id == old_calendar]
+            results = await provider.batch(
+                old_calendar or calendar,
+                [Operation("delete", event_id=m[0].link.external_id) for m in batch if m[0].link],
+            )
+            for (item, _rendered), result in zip(batch, results, strict=True):
+                if result.error is not None and not isinstance(result.error, NotFound | Gone):
+                    outcomes[item.job.id] = result.error  # type: ignore[index]
+                else:
+                    fresh = render(
+                        item.visit, item.practice, integ,
+                        generation=self._generation(integ, item.link, bump=True),
+                        visit_link=link_url(item.visit.id),
+                    )  # fmt: skip
+                    creates.append((item, fresh))
+
+        ops: list[Operation] = []
+        kinds: list[tuple[str, queue.Claimed, Rendered | None]] = []
+        for item, rendered in updates:
+            assert item.link is not None
+            ops.append(Operation("update", event=rendered.event, event_id=item.link.external_id))
+            kinds.append(("updated", item, rendered))
+        for item, rendered in creates:
+            ops.append(Operation("create", event=rendered.event))
+            kinds.append(("created", item, rendered))
+        own_deletes = [d for d in deletes if d[1] == calendar]
+        for item, _cal, event_id in own_deletes:
+            ops.append(Operation("delete", event_id=event_id))
+            kinds.append(("deleted", item, None))
+        results = await provider.batch(calendar, ops) if ops else []
+        recreate: list[tuple[queue.Claimed, Rendered]] = []
+        for (kind, item, sent), result in zip(kinds, results, strict=True):
+            job_id = item.job.id
+            assert job_id is not None
+            error = result.error
+            if error is None:
+                outcomes[job_id] = Outcome(
+                    kind, external_id=None if kind == "deleted" else result.event_id,
+                    calendar_id=calendar, content_hash=sent.content_hash if sent else None,
+                    fields=sent.fields if sent else (),
+                )  # fmt: skip
+            elif kind == "deleted" and isinstance(error, NotFound | Gone):
+                outcomes[job_id] = Outcome("deleted", calendar_id=calendar)
+            elif kind == "updated" and isinstance(error, NotFound | Gone):
+                # deleted outside calsync: create it again
+                recreate.append(
+                    (item, render(
+                        item.visit, item.practice, integ,
+                        generation=self._generation(integ, item.link, bump=True),
+                        visit_link=link_url(item.visit.id),
+                    ))
+                )  # fmt: skip
+            else:
+                outcomes[job_id] = error
+        # Deletes on a calendar the integration no longer uses.
+        for item, old_calendar, event_id in (d for d in deletes if d[1] != calendar):
+            try:
+                await provider.delete_event(old_calendar, event_id)
+                outcomes[item.job.id] = Outcome("deleted", calendar_id=old_calendar)  # type: ignore[index]
+            except (NotFound, Gone):
+                outcomes[item.job.id] = Outcome("deleted", calendar_id=old_calendar)  # type: ignore[index]
+            except ProviderError as exc:
+                if isinstance(exc, ReauthRequired):
+                    raise
+                outcomes[item.job.id] = exc  # type: ignore[index]
+        if recreate:
+            results = await provider.batch(
+                calendar, [Operation("create", event=r.event) for _, r in recreate]
+            )
+            for (item, again), result in zip(recreate, results, strict=True):
+                outcomes[item.job.id] = (  # type: ignore[index]
+                    result.error
+                    if result.error is not None
+                    else Outcome(
+                        "created", external_id=result.event_id, calendar_id=calendar,
+                        content_hash=again.content_hash, fields=again.fields,
+                        generation=self._generation(integ, item.link, bump=True),
+                    )
+                )  # fmt: skip
+        # record the generation a create used
+        for item, _rendered in creates:
+            outcome = outcomes.get(item.job.id)  # type: ignore[arg-type]
+            if isinstance(outcome, Outcome) and outcome.generation is None:
+                moved = any(m[0] is item for m in moves)
+                outcome.generation = self._generation(integ, item.link, bump=moved)
+
+    # ----------------------------------------------------------------- completion
+
+    def _complete(
+        self,
+        integ: Integration,
+        items: Sequence[queue.Claimed],
+        outcomes: dict[int, Outcome | BaseException],
+    ) -> IntegrationSummary:
+        assert integ.id is not None
+        summary = IntegrationSummary(id=integ.id, app=integ.app)
+        now = self.clock()
+        success = False
+        last_error: str | None = None
+        with self.store.write() as session:
+            for item in items:
+                assert item.job.id is not None
+                job = queue.owned(session, item.job.id, self.owner)
+                if job is None:
+                    continue  # our lease expired and another worker took the job over
+                outcome = outcomes.get(item.job.id, RuntimeError("no outcome"))
+                if isinstance(outcome, Outcome):
+                    success = True
+                    self._record(session, integ, item, outcome, now)
+                    queue.finish(session, job, now=now)
+                    if outcome.kind == "created":
+                        summary.pushed += 1
+                    else:
+                        setattr(summary, outcome.kind, getattr(summary, outcome.kind) + 1)
+                    continue
+                error = _one_line(outcome)
+                last_error = error
+                if isinstance(outcome, ReauthRequired):
+                    summary.needs_reauth = True
+                    summary.held += 1
+                    queue.hold(session, job, now=now, error=error)
+                elif isinstance(outcome, ProviderError) and not outcome.retryable:
+                    summary.failed += 1
+                    queue.fail(session, job, now=now, error=error)
+                else:
+                    job.attempts += 1
+                    if job.attempts > MAX_RETRIES:
+                        summary.failed += 1
+                        queue.fail(session, job, now=now, error=error)
+                    else:
+                        summary.rescheduled += 1
+                        after = outcome.retry_after if isinstance(outcome, RateLimited) else None
+                        at = retry_at(job.attempts, now, retry_after=after, rng=self.rng)
+                        queue.reschedule(session, job, now=now, at=at, error=error)
+            fresh = session.get(Integration, integ.id)
+            if fresh is not None and fresh.status != "Disconnected":
+                if summary.needs_reauth:
+                    from calsync_cli.auth.oauth import reconnect_hint
+
+                    fresh.status = "Error"
+                    fresh.status_detail = (
+                        f"{queue.REAUTH_PREFIX}: {reconnect_hint(fresh.app, fresh.provider_id)}"
+                    )
+                elif last_error is not None:
+                    fresh.status, fresh.status_detail = "Error", last_error
+                elif success:
+                    fresh.status, fresh.status_detail = "Active", None
+                if success:
+                    fresh.last_synced_at = now
+                session.add(fresh)
+        summary.error = last_error
+        return summary
+
+    def _record(
+        self, session: Any, integ: Integration, item: queue.Claimed, outcome: Outcome, now: datetime
+    ) -> None:
+        if outcome.kind == "skipped":
+            return
+        assert integ.id is not None
+        link = session.get(EventLink, (integ.id, item.visit.id))
+        if link is None:
+            link = EventLink(integration_id=integ.id, visit_id=item.visit.id)
+        if outcome.kind == "deleted":
+            link.external_id = None
+            link.content_hash = None
+            link.generation += 1
+        else:
+            link.external_id = outcome.external_id
+            link.calendar_id = outcome.calendar_id
+            link.content_hash = outcome.content_hash
+            if outcome.generation is not None:
+                link.generation = outcome.generation
+        link.synced_at = now
+        session.add(link)
+        audit.record(
+            session, {"created": "push_create", "updated": "push_update"}.get(outcome.kind, "push_delete"),
+            now=now, integration_id=integ.id, visit_id=item.visit.id, fields=outcome.fields,
+            detail=f"{integ.app} calendar {outcome.calendar_id}",
+        )  # fmt: skip

@@ -1,0 +1,168 @@
+"""Claiming and completing outbox jobs.
+
+A claim takes due jobs (queued and due, held for an integration that was reconnected, or
+running with an expired lease: their worker died) and leases them to one owner. On SQLite the
+claim runs in a ``BEGIN IMMEDIATE`` transaction, so two claimers serialise; on PostgreSQL it
+uses ``FOR UPDATE SKIP LOCKED``, so workers on several hosts take disjoint jobs. Only the current
+lease holder may complete a job: a worker whose lease expired and was taken over completes
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from calsync_cli.store.models import (
+    JOB_DONE,
+    JOB_FAILED,
+    JOB_HELD,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    EventLink,
+    Integration,
+    Job,
+    Practice,
+    Visit,
+)
+
+REAUTH_PREFIX = "reconnect needed"
+
+
+@dataclass
+class Claimed:
+    job: Job
+    visit: Visit
+    practice: Practice
+    link: EventLink | None
+
+
+def claim(
+    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """Lease up to ``limit`` due jobs to ``owner``; grouped by integration."""
+    pushing = (
+        select(Integration.id)
+        .where(
+            Integration.status != "Disconnected",
+            Integration.paused == False,  # noqa: E712
+            col(Integration.calendar_id).is_not(None),
+            col(Integration.direction).in_(("push", "two-way")),
+            sa.or_(
+                col(Integration.status_detail).is_(None),
+                sa.not_(col(Integration.status_detail).startswith(REAUTH_PREFIX)),
+            ),
+        )
+        .scalar_subquery()
+    )
+    due = sa.or_(
+        sa.and_(col(Job.state).in_((JOB_QUEUED, JOB_HELD)), col(Job.next_attempt_at) <= now),
+        sa.and_(col(Job.state) == JOB_RUNNING, col(Job.lease_until) < now),
+    )
+    stmt = (
+        select(Job)
+        .where(due, col(Job.integration_id).in_(pushing))
+        .order_by(col(Job.next_attempt_at), col(Job.id))
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    jobs = list(session.exec(stmt))
+    if not jobs:
+        return {}
+    until = now + lease
+    for job in jobs:
+        job.state, job.lease_owner, job.lease_until = JOB_RUNNING, owner, until
+        job.dirty, job.updated_at = False, now
+        session.add(job)
+    session.flush()
+    integ_ids = {j.integration_id for j in jobs}
+    integrations = {
+        i.id: i for i in session.exec(select(Integration).where(col(Integration.id).in_(integ_ids)))
+    }
+    visit_ids = list({j.visit_id for j in jobs})
+    visits = {v.id: v for v in session.exec(select(Visit).where(col(Visit.id).in_(visit_ids)))}
+    practices = {
+        p.id: p
+        for p in session.exec(
+            select(Practice).where(col(Practice.id).in_({v.practice_id for v in visits.values()}))
+        )
+    }
+    links = {
+        (lk.integration_id, lk.visit_id): lk
+        for lk in session.exec(
+            select(EventLink).where(
+                col(EventLink.integration_id).in_(integ_ids), col(EventLink.visit_id).in_(visit_ids)
+            )
+        )
+    }
+    out: dict[int, tuple[Integration, list[Claimed]]] = {}
+    for job in jobs:
+        visit = visits[job.visit_id]
+        integ = integrations[job.integration_id]
+        entry = out.setdefault(job.integration_id, (integ, []))
+        entry[1].append(
+            Claimed(
+                job,
+                visit,
+                practices[visit.practice_id],
+                links.get((job.integration_id, job.visit_id)),
+            )
+        )
+    return out
+
+
+def owned(session: Session, job_id: int, owner: str) -> Job | None:
+    """The job, if ``owner`` still holds its lease; None when it was taken over."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != JOB_RUNNING or job.lease_owner != owner:
+        return None
+    return job
+
+
+def finish(session: Session, job: Job, *, now: datetime) -> None:
+    """Done, or back to the queue at once when the visit changed while it ran."""
+    job.state = JOB_QUEUED if job.dirty else JOB_DONE
+    job.next_attempt_at = now
+    job.attempts = 0 if job.dirty else job.attempts
+    job.dirty = False
+    job.lease_owner = job.lease_until = None
+    job.last_error = None
+    job.updated_at = now
+    session.add(job)
+
+
+def reschedule(session: Session, job: Job, *, now: datetime, at: datetime, error: str) -> None:
+    job.state, job.next_attempt_at, job.last_error = JOB_QUEUED, at, error
+    job.lease_owner = job.lease_until = None
+    job.updated_at = now
+    session.add(job)
+
+
+def fail(session: Session, job: Job, *, now: datetime, error: str) -> None:
+    job.state, job.last_error = JOB_FAILED, error
+    job.lease_owner = job.lease_until = None
+    job.updated_at = now
+    session.add(job)
+
+
+def hold(session: Session, job: Job, *, now: datetime, error: str) -> None:
+    """Waiting for the user to reconnect: no retry is used up."""
+    job.state, job.last_error, job.next_attempt_at = JOB_HELD, error, now
+    job.lease_owner = job.lease_until = None
+    job.updated_at = now
+    session.add(job)
+
+
+def release(session: Session, owner: str, *, now: datetime) -> int:
+    """Give back every lease of ``owner`` (a worker stopping early)."""
+    table = Job.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.state == JOB_RUNNING, table.c.lease_owner == owner)
+        .values(state=JOB_QUEUED, lease_owner=None, lease_until=None, updated_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,224 @@
+"""The push engine end to end: store -> worker -> provider clients -> sandbox over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from calsync_cli import integrations as core
+from calsync_cli.engine.render import format_name
+from calsync_cli.sandbox import Sandbox
+from calsync_cli.store.models import AuditEntry, Job
+from tests.conftest import visit
+from tests.engine_support import EMAILS, Env, connect, make_env
+
+APPS = ["google", "outlook"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with Sandbox(port=0, auto_approve=True) as sb:
+        e = make_env(tmp_path, sb)
+        yield e
+        e.store.close()
+
+
+def title(app: str, event: dict) -> str:
+    return event["summary"] if app == "google" else event["subject"]
+
+
+def body(app: str, event: dict) -> str:
+    return event.get("description", "") if app == "google" else event["body"]["content"]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_seed_title_then_update_then_cancel(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    summary = env.sync()
+    assert summary.integrations[iid].pushed == 1 and summary.exit_code == 0
+    [event] = env.events(app)
+    assert title(app, event) == "[Main Street Practice] - Jane Doe - Follow Up"
+    assert "Location: 12 Main Street, Room 2" in body(app, event)
+    assert "Reason" not in body(app, event)
+
+    # unchanged: no API call at all
+    env.sb.reset_stats()
+    core.set_filters(env.store, iid, core.FilterChange(practices=["main"]), now=env.clock())
+    core.set_filters(env.store, iid, core.FilterChange(practices=[]), now=env.clock())
+    assert env.sync().integrations[iid].skipped == 1
+    assert env.sb.stats()["requests"] == {}  # an unchanged visit costs no API call
+
+    env.import_visits(
+        [visit("a", start="2026-12-01T10:00:00-06:00", end="2026-12-01T10:30:00-06:00")], "v2.jsonl"
+    )
+    assert env.sync().integrations[iid].updated == 1
+    [event] = env.events(app)
+    assert "10:00:00" in event["start"]["dateTime"]
+
+    env.import_visits([visit("a", status="cancelled")], "v3.jsonl")
+    assert env.sync().integrations[iid].deleted == 1
+    assert env.events(app) == []
+    with env.store.read() as s:
+        actions = [
+            a.action for a in s.exec(select(AuditEntry).where(AuditEntry.integration_id == iid))
+        ]
+    assert actions == [
+        "connect",
+        "push_create",
+        "filters_set",
+        "filters_set",
+        "push_update",
+        "push_delete",
+    ]
+    [row] = core.status_rows(env.store, iid)
+    assert row["status"] == "Active" and row["last_synced_at"] is not None and row["queued"] == 0
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_privacy_filters_reach_the_calendar(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.import_visits([visit("a", reason="knee pain")])
+    env.sync()
+    core.set_filters(
+        env.store, iid, core.FilterChange(patient_name=False, notes=True), now=env.clock()
+    )
+    assert env.sync().integrations[iid].updated == 1
+    [event] = env.events(app)
+    assert title(app, event) == "[Main Street Practice] - Follow Up"
+    assert "Jane" not in body(app, event) and "Reason: knee pain" in body(app, event)
+    core.set_filters(
+        env.store, iid,
+        core.FilterChange(patient_name=True, patient_name_format="initials", practice_name=False, visit_type=False, location=False),
+        now=env.clock(),
+    )  # fmt: skip
+    env.sync()
+    [event] = env.events(app)
+    assert title(app, event) == "J.D."
+    assert "Main Street" not in str(event.get("location")) and "12 Main" not in body(app, event)
+
+
+def test_name_formats() -> None:
+    assert format_name("Jane Doe", "full") == "Jane Doe"
+    assert format_name("Jane Mary Doe", "short") == "Jane D."
+    assert format_name("Jane Doe", "initials") == "J.D."
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_reassignment_deletes_at_old_integration(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    env.sync()
+    env.import_visits([visit("a", provider_id="dr-patel")], "v2.jsonl")
+    assert env.sync().integrations[iid].deleted == 1
+    assert env.events(app) == []
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_event_deleted_outside_is_recreated_and_comeback_after_cancel(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    env.sync()
+    env.import_visits([visit("a", status="cancelled")], "v2.jsonl")
+    env.sync()
+    env.import_visits([visit("a", status="confirmed")], "v3.jsonl")  # comes back
+    assert env.sync().integrations[iid].pushed == 1
+    assert len(env.events(app)) == 1
+    assert env.sync().exit_code == 0
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_retry_schedule_through_five_failures(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    env.sb.faults(app, EMAILS[app]).fail_next(100, status=503)
+    expected = [1, 4, 16, 60, 60]
+    for minutes in expected:
+        summary = env.sync()
+        assert summary.integrations[iid].rescheduled == 1 and summary.exit_code == 0
+        with env.store.read() as s:
+            job = s.exec(select(Job)).one()
+        delay = job.next_attempt_at - env.clock()
+        assert timedelta(minutes=minutes) <= delay <= timedelta(minutes=minutes * 1.1)
+        assert core.status_rows(env.store, iid)[0]["status"] == "Error"
+        assert env.sync().integrations == {}  # not due yet
+        env.clock.now = job.next_attempt_at
+    summary = env.sync()
+    assert summary.integrations[iid].failed == 1 and summary.exit_code == 1
+    [row] = core.status_rows(env.store, iid)
+    assert row["failed"] == 1 and row["queued"] == 0 and row["status"] == "Error"
+    assert row["status_detail"]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_retry_after_longer_than_schedule_wins(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    env.sb.faults(app, EMAILS[app]).fail_next(1, status=429, retry_after=600)
+    assert env.sync().integrations[iid].rescheduled == 1
+    with env.store.read() as s:
+        job = s.exec(select(Job)).one()
+    assert job.next_attempt_at - env.clock() == timedelta(seconds=600)
+    env.clock.now = job.next_attempt_at
+    assert env.sync().integrations[iid].pushed == 1
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_expired_token_is_refreshed_mid_run(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.sb.faults(app, EMAILS[app]).expire_access_tokens()
+    env.import_visits([visit("a"), visit("b")])
+    assert env.sync().integrations[iid].pushed == 2
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_invalid_grant_puts_integration_in_error_and_holds_jobs(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    faults = env.sb.faults(app, EMAILS[app])
+    faults.expire_access_tokens()
+    faults.revoke_grant()
+    summary = env.sync()
+    assert summary.exit_code == 4 and summary.integrations[iid].held == 1
+    [row] = core.status_rows(env.store, iid)
+    assert (
+        row["status"] == "Error"
+        and f"calsync connect {app} --provider dr-lee" in row["status_detail"]
+    )
+    with env.store.read() as s:
+        job = s.exec(select(Job)).one()
+    assert job.state == "held" and job.attempts == 0
+    assert env.sync().integrations == {}  # held until reconnected
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_pause_pushes_nothing_and_resume_does_not_backfill(env: Env, app: str) -> None:
+    iid = connect(env, app)
+    core.toggle(env.store, iid, True, now=env.clock())
+    env.import_visits([visit("a")])
+    assert env.sync().integrations == {}
+    env.clock.advance(minutes=5)
+    core.toggle(env.store, iid, False, now=env.clock())
+    assert env.sync().integrations == {}
+    assert env.events(app) == []
+    env.import_visits([visit("a", room="Room 5"), visit("b")], "v2.jsonl")
+    assert env.sync().integrations[iid].pushed == 2
+
+
+def test_lost_lease_cannot_complete(env: Env) -> None:
+    iid = connect(env, "google")
+    env.import_visits([visit("a")])
+    with env.store.write() as s:  # another worker holds the lease
+        s.execute(
+            sa.update(Job).values(
+                state="running", lease_owner="other", lease_until=env.clock() + timedelta(minutes=5)
+            )
+        )
+    assert env.sync().integrations == {}
+    env.clock.advance(minutes=6)  # its lease expired: the job is reclaimed
+    assert env.sync().integrations[iid].pushed == 1
