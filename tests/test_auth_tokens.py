@@ -16,7 +16,7 @@ import pytest
 from keyring.backends import chainer, fail
 from keyrings.alt.file import PlaintextKeyring
 
-from calsync_cli.auth import TokenStore, Tokens, keyring_username
+from calsync_cli.auth import Tokens, TokenStore, keyring_username
 from calsync_cli.errors import KeyringError
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
@@ -117,7 +117,7 @@ def test_damaged_entry_is_a_keyring_error_without_its_content(
 
 
 def test_fail_backend_raises_keyring_error_naming_the_fix() -> None:
-    keyring.set_keyring(fail.Keyring())
+    keyring.set_keyring(fail.Keyring())  # type: ignore[no-untyped-call]
     store = TokenStore()
     for call in (lambda: store.get(1), lambda: store.put(1, sample()), lambda: store.delete(1)):
         with pytest.raises(KeyringError) as info:
@@ -132,16 +132,16 @@ def test_fail_backend_raises_keyring_error_naming_the_fix() -> None:
 
 def test_chainer_with_nothing_usable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chainer.ChainerBackend, "backends", [])
-    keyring.set_keyring(chainer.ChainerBackend())
+    keyring.set_keyring(chainer.ChainerBackend())  # type: ignore[no-untyped-call]
     with pytest.raises(KeyringError, match="no usable keyring backend"):
         TokenStore().put(1, sample())
 
 
 class _RaisingKeyring(keyring.backend.KeyringBackend):
-    priority = 1  # type: ignore[assignment]
+    priority = 1
 
     def __init__(self, exc: Exception) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.exc = exc
 
     def get_password(self, service: str, username: str) -> str | None:
@@ -176,10 +176,10 @@ def test_backend_errors_become_one_line_keyring_errors(exc: Exception, expected:
 class _BlockingKeyring(keyring.backend.KeyringBackend):
     """Like a locked Secret Service waiting for an unlock prompt."""
 
-    priority = 1  # type: ignore[assignment]
+    priority = 1
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.release = threading.Event()
         self.entered = threading.Event()
 
