@@ -395,3 +395,18 @@ def test_microsoft_has_no_revocation_endpoint() -> None:
     assert "deleted its tokens locally" in outcome.message
     assert "https://account.live.com/consent/Manage" in outcome.message
     assert "https://myapplications.microsoft.com" in outcome.message
+
+
+def test_one_source_serves_several_event_loops() -> None:
+    TokenStore().put(42, stored(expires_in=0))
+    endpoint, clock = TokenEndpoint(rotate=True), Clock()
+    endpoint.delay = 0.02
+    src = source(OUTLOOK, endpoint, clock)
+
+    async def burst() -> set[str]:
+        return set(await asyncio.gather(*(src.access_token() for _ in range(4))))
+
+    assert asyncio.run(burst()) == {"access-1"}
+    clock.advance(3600)
+    assert asyncio.run(burst()) == {"access-2"}
+    assert len(endpoint.forms) == 2

@@ -483,3 +483,30 @@ def test_token_json_never_holds_the_code(tmp_path: Path) -> None:
         flow.callback(code=CODE, state=flow.params()["state"])
         tokens = flow.result()
     assert CODE not in json.dumps(tokens.to_json())
+
+
+def test_the_code_reaches_no_log_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level("DEBUG")
+    with Flow(app_for("google", tmp_path), FakeTokenEndpoint()) as flow:
+        state = flow.params()["state"]
+        flow.callback(code=CODE, state=state)
+        flow.result()
+    with Flow(app_for("google", tmp_path), FakeTokenEndpoint()) as flow:
+        flow.callback(code=CODE, state="forged")
+        with pytest.raises(AuthError):
+            flow.result()
+    out, err = capfd.readouterr()
+    # The test's own browser (httpx2) logs the URL it visits; a real browser's history is not
+    # calsync's log. Everything else must be free of the code.
+    ours = [
+        r.getMessage()
+        for r in caplog.records
+        if not r.getMessage().startswith("HTTP Request: GET http://127.0.0.1")
+        and not r.name.startswith("httpcore2")
+    ]
+    encoded = CODE.replace("/", "%2F")
+    for text in (*ours, out, err):
+        assert CODE not in text and encoded not in text
+        assert "code=" not in text

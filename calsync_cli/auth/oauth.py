@@ -184,12 +184,22 @@ class KeyringTokenSource(TokenSource):
         self.leeway = leeway
         self._transport = transport
         self._tokens: Tokens | None = None
-        self._lock = asyncio.Lock()
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         #: how many refreshes this source made (observability and tests)
         self.refresh_count = 0
 
     def __repr__(self) -> str:
         return f"KeyringTokenSource(app={self.app.name!r}, integration_id={self.integration_id!r})"
+
+    @property
+    def _lock(self) -> asyncio.Lock:
+        """One lock per event loop, so a source may serve several ``asyncio.run`` calls."""
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            self._locks = {k: v for k, v in self._locks.items() if not k.is_closed()}
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
     async def access_token(self) -> str:
         async with self._lock:
