@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from calsync_cli.cli import context, output
 from calsync_cli.cli.options import IntegrationArg, JsonOpt
+
+if TYPE_CHECKING:
+    from calsync_cli.providers.base import Calendar
 
 
 class App(StrEnum):
@@ -20,10 +27,52 @@ calendars = typer.Typer(
 )
 
 
-def _later(feature: str) -> None:
-    from calsync_cli.errors import NotImplementedYet
+def announce_url(url: str) -> None:
+    """Print the sign-in URL on a line of its own (stderr), whatever else happens."""
+    sys.stderr.write("Open this address in a browser to sign in:\n")
+    sys.stderr.write(url + "\n")
+    sys.stderr.flush()
 
-    raise NotImplementedYet(f"{feature} is not available in this build yet")
+
+def can_open_browser() -> bool:
+    """False where no browser can show up: a Linux/BSD session without a display."""
+    if sys.platform in ("darwin", "win32", "cygwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def interactive() -> bool:
+    """Whether someone can be asked: stdin and stderr are terminals."""
+    try:
+        return sys.stdin.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def open_browser(url: str) -> bool:
+    import webbrowser
+
+    return webbrowser.open(url)
+
+
+def pick_calendar(writable: Sequence[Calendar]) -> Calendar | None:
+    """Ask which writable calendar visits go to (default: the primary)."""
+    output.say("Which calendar should visits go to?")
+    for n, cal in enumerate(writable, 1):
+        output.say(f"  {n}. {cal.name}{' (primary)' if cal.primary else ''}  [{cal.id}]")
+    default = next((n for n, c in enumerate(writable, 1) if c.primary), 1)
+    while True:
+        answer = typer.prompt("Calendar number", default=default, type=int, err=True)
+        if 1 <= answer <= len(writable):
+            return writable[answer - 1]
+        output.say(f"Choose a number from 1 to {len(writable)}.")
 
 
 def connect(
@@ -60,14 +109,93 @@ def connect(
     ] = 300,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sign in to Google or Microsoft and connect a clinician's calendar."""
-    _later("connect")
+    """Sign in to Google or Microsoft and connect a clinician's calendar.
+
+    Prints the sign-in address (and opens it in a browser unless --no-browser or there is no
+    display). Connecting a provider that already has an integration for this app signs that
+    integration in again. Without --calendar calsync asks on a terminal, else the integration
+    stays Pending until 'calsync calendars select'.
+    """
+    from calsync_cli import connections, integrations
+
+    opts = connections.ConnectOptions(
+        app=app_name.value,
+        provider_id=provider,
+        calendar_id=calendar,
+        port=port,
+        timeout=timeout,
+        open_browser=None if no_browser or not can_open_browser() else open_browser,
+        announce_url=announce_url,
+        notify=output.say,
+        choose=pick_calendar if calendar is None and interactive() else None,
+    )
+    result = connections.connect(context.settings(), context.store(), opts, now=context.now)
+    iid = result.integration_id
+    row = integrations.status_rows(context.store(), iid)[0]
+
+    # These lines go to stderr with --json too: what happened, and what to do next.
+    if result.created:
+        verb = "Connected"
+    elif result.previous_status == "Disconnected":
+        verb = "Reconnected"
+    else:
+        verb = "Signed in again:"
+    output.say(f"{verb} integration {iid} ({app_name.value}, {provider}) as {result.account}.")
+    if result.status == "Active":
+        output.say(f"Visits go to calendar {result.calendar_name} [{result.calendar_id}].")
+        if result.jobs_queued:
+            output.say(
+                f"Queued {result.jobs_queued} upcoming visits; run 'calsync sync' to push them."
+            )
+    else:
+        output.say(
+            f"Status Pending: choose a calendar with 'calsync calendars select {iid} CAL_ID' "
+            f"(list them with 'calsync calendars list {iid}')."
+        )
+    if result.created:
+        output.say(f"To hide patient names: calsync filters set {iid} --no-patient-name")
+
+    def human() -> None:
+        sys.stdout.write(f"{iid}\n")  # the id, for scripts
+
+    output.render(row, as_json, human)
 
 
 @calendars.command("list")
 def calendars_list(integration: IntegrationArg, as_json: JsonOpt = False) -> None:
     """List the account's calendars: id, name, primary, writable."""
-    _later("calendars list")
+    from calsync_cli import connections
+
+    ref, cals = connections.list_calendars(
+        context.settings(), context.store(), integration, now=context.now
+    )
+    data: dict[str, Any] = {
+        "calendars": [connections.calendar_json(c) for c in cals],
+        "integration": integration,
+        "selected": ref.calendar_id,
+    }
+
+    def human() -> None:
+        output.table(
+            f"Calendars of integration {integration} ({ref.account or ref.app})",
+            ["", "id", "name", "primary", "writable"],
+            [
+                [
+                    "*" if c.id == ref.calendar_id else "",
+                    c.id,
+                    c.name,
+                    "yes" if c.primary else "",
+                    "yes" if c.writable else "no (read-only)",
+                ]
+                for c in cals
+            ],
+        )
+        if ref.calendar_id is None:
+            output.say(f"No calendar chosen yet: calsync calendars select {integration} CAL_ID")
+        else:
+            output.say("* the calendar visits go to")
+
+    output.render(data, as_json, human)
 
 
 @calendars.command("select")
@@ -78,8 +206,36 @@ def calendars_select(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Choose the calendar visits go to."""
-    _later("calendars select")
+    """Choose the calendar visits go to.
+
+    Upcoming visits are queued again, so the next sync moves their events to this calendar.
+    """
+    from calsync_cli import connections
+
+    result = connections.select_calendar(
+        context.settings(), context.store(), integration, calendar_id, now=context.now
+    )
+    data = {
+        "integration": integration,
+        "calendar_id": result.calendar.id,
+        "calendar_name": result.calendar.name,
+        "previous_calendar_id": result.previous_calendar_id,
+        "status": result.status,
+        "paused": result.paused,
+        "jobs_queued": result.jobs_queued,
+    }
+
+    def human() -> None:
+        output.say(
+            f"Integration {integration} now sends visits to {result.calendar.name} "
+            f"[{result.calendar.id}]; status {result.status}"
+            + (" (paused)" if result.paused else "")
+            + "."
+        )
+        if result.jobs_queued:
+            output.say(f"Queued {result.jobs_queued} upcoming visits for the next sync.")
+
+    output.render(data, as_json, human)
 
 
 def disconnect(
@@ -87,8 +243,48 @@ def disconnect(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Revoke the tokens and stop syncing; events already synced stay."""
-    _later("disconnect")
+    """Revoke the tokens and stop syncing; events already synced stay.
+
+    Google's revocation withdraws the grant the account gave calsync's client project (other
+    integrations of that account must reconnect); Microsoft has no single-token revocation,
+    so calsync deletes its tokens and says where to remove the app's access.
+    """
+    from calsync_cli import connections
+    from calsync_cli.errors import CalsyncError, InputError
+
+    store = context.store()
+    ref = connections.load(store, integration)
+    if ref.status != "Disconnected" and not yes:
+        if not stdin_is_terminal():
+            raise InputError(
+                f"disconnecting integration {integration} needs confirmation",
+                hint="pass --yes to disconnect non-interactively",
+            )
+        where = ref.calendar_name or ref.calendar_id or "no calendar"
+        question = (
+            f"Disconnect integration {integration} ({ref.app}, {ref.provider_id}, "
+            f"{ref.account or '?'}, {where})? Synced events stay on the calendar"
+        )
+        if not typer.confirm(question, default=False, err=True):
+            raise CalsyncError("not disconnected; nothing changed")
+    result = connections.disconnect(context.settings(), store, integration, now=context.now)
+
+    def human() -> None:
+        if result.revocation is None:
+            output.say(result.message)
+            return
+        output.say(
+            f"Disconnected integration {integration}: dropped {result.jobs_dropped} queued "
+            "jobs; synced events stay on the calendar."
+        )
+        output.say(result.message)
+        for other in result.also_affected:
+            output.warn(
+                f"integration {other} used the same Google grant and needs reconnecting: "
+                "see calsync status"
+            )
+
+    output.render(result.to_json(), as_json, human)
 
 
 def register(app: typer.Typer) -> None:

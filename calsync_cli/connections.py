@@ -1,0 +1,670 @@
+"""Connections: sign an integration in (``connect``), choose its calendar, disconnect it.
+
+The core of ``calsync connect``, ``calendars list|select`` and ``disconnect``. It knows nothing
+of the command line: everything meant for the user arrives through callbacks
+(``announce_url``, ``notify``, ``choose``) or comes back as data.
+
+Tokens live only in the keyring. A new integration's row and its tokens are written together:
+the tokens are stored inside the database transaction, just before it commits, so a keyring
+failure rolls the row back, and a failed commit deletes the tokens again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from sqlmodel import Session, col, select
+
+from calsync_cli import integrations
+from calsync_cli.auth import (
+    DEFAULT_TIMEOUT,
+    OAuthApp,
+    RevokeOutcome,
+    Tokens,
+    TokenStore,
+    oauth_app,
+    reconnect_hint,
+    revoke,
+    sign_in,
+)
+from calsync_cli.auth.clients import http_client, open_provider
+from calsync_cli.config import Settings
+from calsync_cli.errors import CalsyncError, InputError, NotFoundError
+from calsync_cli.errors import ReauthRequired as ReauthRequiredError
+from calsync_cli.providers.base import (
+    Calendar,
+    CalendarProvider,
+    ProviderError,
+    StaticTokenSource,
+)
+from calsync_cli.providers.factory import make_provider
+from calsync_cli.store import audit
+from calsync_cli.store.db import Store
+from calsync_cli.store.models import Integration, Provider
+
+T = TypeVar("T")
+
+AppName = Literal["google", "outlook"]
+APP_NAMES: tuple[AppName, ...] = ("google", "outlook")
+
+#: the readable name of each disclosed field (``integrations.disclosed_fields``)
+FIELD_LABELS = {
+    "start": "start time",
+    "end": "end time",
+    "practice_name": "practice name",
+    "visit_type": "visit type",
+    "location": "practice location",
+    "room": "room",
+    "reason": "visit reason",
+}
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+
+def connect_command(app: str, provider_id: str) -> str:
+    """The exact command that signs an integration in again."""
+    return f"calsync connect {app} --provider {provider_id}"
+
+
+def reconnect_detail(app: str, provider_id: str) -> str:
+    return f"reconnect needed: {connect_command(app, provider_id)}"
+
+
+def pending_detail(integration_id: int) -> str:
+    return (
+        f"choose a calendar: calsync calendars select {integration_id} CAL_ID "
+        f"(see calsync calendars list {integration_id})"
+    )
+
+
+def _app_name(app: str) -> AppName:
+    name = app.strip().lower()
+    if name == "microsoft":
+        name = "outlook"
+    if name == "google":
+        return "google"
+    if name == "outlook":
+        return "outlook"
+    raise InputError(f"unknown calendar app {app!r}", hint="Use google or outlook")
+
+
+def _label(field: str) -> str:
+    if field.startswith("patient_name:"):
+        return f"patient name ({field.split(':', 1)[1]})"
+    return FIELD_LABELS.get(field, field.replace("_", " "))
+
+
+def disclosure_notice(provider_id: str, app: str) -> str:
+    """What a new integration's events will show under the default filters, and how to hide
+    patient names (printed once, before the first sign-in)."""
+    probe = Integration(provider_id=provider_id, app=app, provider_filter=[provider_id])
+    fields = integrations.disclosed_fields(probe)
+    title = "Google Calendar" if app == "google" else "Outlook"
+    text = (
+        f"Events in {title} will show, for each of {provider_id}'s visits: "
+        + ", ".join(_label(f) for f in fields)
+        + "."
+    )
+    if probe.f_patient_name:
+        text += (
+            " Patient names are included by default; to leave them out, run after connecting: "
+            "calsync filters set ID --no-patient-name (ID is the integration id printed below)."
+        )
+    return text
+
+
+def _provider_failure(app: str, exc: ProviderError) -> CalsyncError:
+    title = "Google" if app == "google" else "Microsoft"
+    hint = "Try again in a minute" if exc.retryable else None
+    return CalsyncError(f"{title} answered: {exc.message}", hint=hint)
+
+
+def _choice(
+    calendars: Sequence[Calendar], calendar_id: str, integration_id: int | None
+) -> Calendar:
+    """The calendar ``calendar_id`` if it exists and is writable; else ``InputError``."""
+    hint = (
+        f"List the calendars with: calsync calendars list {integration_id}"
+        if integration_id is not None
+        else "List the calendars with: calsync calendars list ID"
+    )
+    cal = next((c for c in calendars if c.id == calendar_id), None)
+    if cal is None:
+        raise InputError(f"the account has no calendar {calendar_id!r}", hint=hint)
+    if not cal.writable:
+        raise InputError(
+            f"calendar {calendar_id!r} ({cal.name}) is read-only for this account: calsync "
+            "cannot add events to it",
+            hint=hint,
+        )
+    return cal
+
+
+def calendar_json(cal: Calendar) -> dict[str, Any]:
+    return {"id": cal.id, "name": cal.name, "primary": cal.primary, "writable": cal.writable}
+
+
+@dataclass(frozen=True)
+class IntegrationRef:
+    """A detached copy of what these commands need from an integration row."""
+
+    id: int
+    app: AppName
+    provider_id: str
+    account: str | None
+    calendar_id: str | None
+    calendar_name: str | None
+    status: str
+    paused: bool
+
+    @classmethod
+    def of(cls, integ: Integration) -> IntegrationRef:
+        assert integ.id is not None
+        return cls(
+            id=integ.id,
+            app=_app_name(integ.app),
+            provider_id=integ.provider_id,
+            account=integ.account,
+            calendar_id=integ.calendar_id,
+            calendar_name=integ.calendar_name,
+            status=integ.status,
+            paused=integ.paused,
+        )
+
+    @property
+    def reconnect(self) -> str:
+        return connect_command(self.app, self.provider_id)
+
+
+def load(store: Store, integration_id: int) -> IntegrationRef:
+    """The integration (``NotFoundError`` when unknown)."""
+    with store.read() as session:
+        return IntegrationRef.of(integrations.get(session, integration_id))
+
+
+def find_existing(session: Session, provider_id: str, app: str) -> Integration | None:
+    """The integration of this provider and app, if there is one (the oldest when several)."""
+    stmt = (
+        select(Integration)
+        .where(Integration.provider_id == provider_id, Integration.app == app)
+        .order_by(col(Integration.id))
+    )
+    return session.exec(stmt).first()
+
+
+# -- connect ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ConnectOptions:
+    app: str
+    provider_id: str
+    calendar_id: str | None = None
+    port: int = 0
+    timeout: float = DEFAULT_TIMEOUT
+    #: opens the sign-in URL in a browser; None: do not
+    open_browser: Callable[[str], bool] | None = None
+    #: shows the sign-in URL (always called, before the browser opens)
+    announce_url: Callable[[str], None] = lambda url: None
+    #: one line for the user (notices, warnings)
+    notify: Callable[[str], None] = lambda text: None
+    #: asks the user to pick among the writable calendars; None when nobody can be asked
+    choose: Callable[[Sequence[Calendar]], Calendar | None] | None = None
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    integration_id: int
+    created: bool
+    previous_status: str | None
+    account: str
+    status: str
+    calendar_id: str | None
+    calendar_name: str | None
+    jobs_queued: int
+
+
+async def _discover(settings: Settings, app: AppName, tokens: Tokens) -> tuple[str, list[Calendar]]:
+    """The account and its calendars, with freshly issued tokens (nothing stored yet)."""
+    async with http_client() as http:
+        provider = make_provider(app, http, StaticTokenSource(tokens.access_token), settings)
+        try:
+            calendars = await provider.list_calendars()
+            account = await provider.account()
+        finally:
+            await provider.aclose()
+    return account, calendars
+
+
+def connect(
+    settings: Settings,
+    store: Store,
+    opts: ConnectOptions,
+    *,
+    now: Callable[[], datetime],
+    token_store: TokenStore | None = None,
+) -> ConnectResult:
+    """Sign in and create the integration, or sign an existing one in again.
+
+    Raises ``InputError`` for an unknown app or provider (before any sign-in), ``ConfigError``
+    when the OAuth client is not configured, ``AuthError`` when the sign-in fails, and
+    ``KeyringError`` when the tokens cannot be stored; in each case nothing is stored.
+    An unusable ``--calendar`` leaves the integration Pending and raises ``InputError``.
+    """
+    app = _app_name(opts.app)
+    oauth = oauth_app(app, settings)  # ConfigError (exit 2) with the setup hint
+    with store.read() as session:
+        if session.get(Provider, opts.provider_id) is None:
+            raise NotFoundError(
+                f"unknown provider {opts.provider_id!r}",
+                hint="Import it first: calsync providers import FILE",
+            )
+        found = find_existing(session, opts.provider_id, app)
+        existing = IntegrationRef.of(found) if found is not None else None
+    if existing is None:
+        opts.notify(disclosure_notice(opts.provider_id, app))
+    elif existing.status == "Disconnected":
+        opts.notify(f"Reconnecting integration {existing.id} ({app}, {opts.provider_id}).")
+    else:
+        opts.notify(f"Signing integration {existing.id} ({app}, {opts.provider_id}) in again.")
+
+    tokens = sign_in(
+        oauth,
+        port=opts.port,
+        timeout=opts.timeout,
+        open_browser=opts.open_browser,
+        announce_url=opts.announce_url,
+        login_hint=existing.account if existing is not None else None,
+    )
+    try:
+        account, calendars = asyncio.run(_discover(settings, app, tokens))
+    except ReauthRequiredError:
+        raise CalsyncError(
+            f"{oauth.title} refused the token it has just issued",
+            hint="Run the command again",
+        ) from None
+    except ProviderError as exc:
+        raise _provider_failure(app, exc) from None
+
+    # Which calendar: --calendar, else the one already chosen, else ask (when someone can be).
+    chosen: Calendar | None = None
+    refusal: InputError | None = None
+    if opts.calendar_id is not None:
+        try:
+            chosen = _choice(calendars, opts.calendar_id, existing.id if existing else None)
+        except InputError as exc:
+            refusal = exc
+    if chosen is None and existing is not None and existing.calendar_id is not None:
+        chosen = next((c for c in calendars if c.id == existing.calendar_id and c.writable), None)
+        if chosen is None:
+            opts.notify(
+                f"warning: calendar {existing.calendar_id!r} is not a writable calendar of "
+                f"{account}; choose another one"
+            )
+    if chosen is None and opts.calendar_id is None and opts.choose is not None:
+        writable = [c for c in calendars if c.writable]
+        if writable:
+            chosen = opts.choose(writable)
+    if existing is not None and existing.account and existing.account != account:
+        opts.notify(
+            f"warning: integration {existing.id} was signed in as {existing.account}; "
+            f"it now uses {account}"
+        )
+
+    result = _store_connection(
+        store,
+        token_store or TokenStore(),
+        app=app,
+        provider_id=opts.provider_id,
+        existing=existing,
+        account=account,
+        chosen=chosen,
+        tokens=tokens,
+        now=now(),
+    )
+    if refusal is not None:
+        raise InputError(
+            f"{refusal.message}; integration {result.integration_id} is connected "
+            f"({result.status}) without it",
+            hint=f"List the calendars with: calsync calendars list {result.integration_id}, "
+            f"then: calsync calendars select {result.integration_id} CAL_ID",
+        )
+    return result
+
+
+def _store_connection(
+    store: Store,
+    token_store: TokenStore,
+    *,
+    app: AppName,
+    provider_id: str,
+    existing: IntegrationRef | None,
+    account: str,
+    chosen: Calendar | None,
+    tokens: Tokens,
+    now: datetime,
+) -> ConnectResult:
+    stored_for: int | None = None
+    previous_tokens: Tokens | None = None
+    try:
+        with store.write() as session:
+            if existing is None:
+                integ = integrations.create(
+                    session,
+                    provider_id=provider_id,
+                    app=app,
+                    now=now,
+                    account=account,
+                    calendar_id=chosen.id if chosen else None,
+                    calendar_name=chosen.name if chosen else None,
+                )
+                previous_status = None
+                calendar_changed = chosen is not None
+            else:
+                integ = integrations.get(session, existing.id)
+                previous_status = integ.status
+                calendar_changed = chosen is not None and chosen.id != integ.calendar_id
+                integ.account = account
+                if chosen is not None:
+                    integ.calendar_id, integ.calendar_name = chosen.id, chosen.name
+                else:
+                    integ.calendar_id = integ.calendar_name = None
+                if previous_status == "Disconnected":
+                    integ.active_since = now
+                session.add(integ)
+                audit.record(
+                    session,
+                    "reconnect",
+                    now=now,
+                    integration_id=integ.id,
+                    detail=f"{app} account {account}; was {previous_status}",
+                )
+            assert integ.id is not None
+            iid = integ.id
+            if integ.calendar_id:
+                integ.status, integ.status_detail = "Active", None
+            else:
+                integ.status, integ.status_detail = "Pending", pending_detail(iid)
+            session.add(integ)
+            queued = 0
+            if chosen is not None and calendar_changed:
+                audit.record(
+                    session,
+                    "calendar_select",
+                    now=now,
+                    integration_id=iid,
+                    fields=integrations.disclosed_fields(integ),
+                    detail=f"calendar {chosen.id}",
+                )
+                queued = integrations.requeue_upcoming(session, integ, now=now)
+            session.flush()
+            result = ConnectResult(
+                integration_id=iid,
+                created=existing is None,
+                previous_status=previous_status,
+                account=account,
+                status=integ.status,
+                calendar_id=integ.calendar_id,
+                calendar_name=integ.calendar_name,
+                jobs_queued=queued,
+            )
+            # Last step before the commit: a keyring failure rolls the row back.
+            if existing is not None:
+                previous_tokens = token_store.get(iid)
+            token_store.put(iid, tokens)
+            stored_for = iid
+    except BaseException:
+        if stored_for is not None:  # the commit failed after the tokens were stored
+            with contextlib.suppress(CalsyncError):
+                if previous_tokens is not None:
+                    token_store.put(stored_for, previous_tokens)
+                else:
+                    token_store.delete(stored_for)
+        raise
+    return result
+
+
+# -- calendars --------------------------------------------------------------------------------
+
+
+def _refuse_disconnected(ref: IntegrationRef) -> None:
+    if ref.status == "Disconnected":
+        raise InputError(
+            f"integration {ref.id} is disconnected", hint=f"Reconnect it first: {ref.reconnect}"
+        )
+
+
+def mark_reconnect_needed(store: Store, ref: IntegrationRef, *, now: datetime) -> None:
+    """Set the integration to Error "reconnect needed: <command>" (the grant is gone)."""
+    with store.write() as session:
+        integ = integrations.get(session, ref.id)
+        if integ.status == "Disconnected":
+            return
+        detail = reconnect_detail(ref.app, ref.provider_id)
+        if integ.status != "Error" or integ.status_detail != detail:
+            integ.status, integ.status_detail = "Error", detail
+            session.add(integ)
+            audit.record(session, "reauth_required", now=now, integration_id=ref.id)
+
+
+def _with_provider(
+    settings: Settings,
+    store: Store,
+    ref: IntegrationRef,
+    call: Callable[[CalendarProvider], Awaitable[T]],
+    *,
+    now: Callable[[], datetime],
+) -> T:
+    async def run() -> T:
+        async with open_provider(settings, ref.app, ref.id, ref.provider_id) as provider:
+            try:
+                return await call(provider)
+            finally:
+                await provider.aclose()
+
+    try:
+        return asyncio.run(run())
+    except ReauthRequiredError as exc:
+        mark_reconnect_needed(store, ref, now=now())
+        if not exc.hint:
+            exc.hint = reconnect_hint(ref.app, ref.provider_id)
+        raise
+    except ProviderError as exc:
+        raise _provider_failure(ref.app, exc) from None
+
+
+def list_calendars(
+    settings: Settings, store: Store, integration_id: int, *, now: Callable[[], datetime]
+) -> tuple[IntegrationRef, list[Calendar]]:
+    """The account's calendars, read live from the provider."""
+    ref = load(store, integration_id)
+    _refuse_disconnected(ref)
+    oauth_app(ref.app, settings)  # ConfigError before any network
+    calendars = _with_provider(settings, store, ref, lambda p: p.list_calendars(), now=now)
+    return ref, calendars
+
+
+@dataclass(frozen=True)
+class SelectResult:
+    integration_id: int
+    calendar: Calendar
+    previous_calendar_id: str | None
+    status: str
+    paused: bool
+    jobs_queued: int
+
+
+def select_calendar(
+    settings: Settings,
+    store: Store,
+    integration_id: int,
+    calendar_id: str,
+    *,
+    now: Callable[[], datetime],
+) -> SelectResult:
+    """Send the integration's visits to ``calendar_id`` (which must exist and be writable).
+
+    Upcoming visits are queued again, so the worker moves their events to the new calendar.
+    """
+    ref, calendars = list_calendars(settings, store, integration_id, now=now)
+    cal = _choice(calendars, calendar_id, integration_id)
+    at = now()
+    with store.write() as session:
+        integ = integrations.get(session, integration_id)
+        _refuse_disconnected(IntegrationRef.of(integ))
+        previous = integ.calendar_id
+        was_active = integ.status == "Active"
+        integ.calendar_id, integ.calendar_name = cal.id, cal.name
+        integ.status, integ.status_detail = "Active", None
+        session.add(integ)
+        queued = 0
+        if previous != cal.id or not was_active:
+            audit.record(
+                session,
+                "calendar_select",
+                now=at,
+                integration_id=integration_id,
+                fields=integrations.disclosed_fields(integ),
+                detail=f"calendar {cal.id}" + (f" (was {previous})" if previous else ""),
+            )
+            queued = integrations.requeue_upcoming(session, integ, now=at)
+        return SelectResult(
+            integration_id=integration_id,
+            calendar=cal,
+            previous_calendar_id=previous,
+            status=integ.status,
+            paused=integ.paused,
+            jobs_queued=queued,
+        )
+
+
+# -- disconnect -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DisconnectResult:
+    integration_id: int
+    #: None when the integration was disconnected already (nothing was done)
+    revocation: Literal["revoked", "unsupported", "unconfirmed"] | None
+    message: str
+    jobs_dropped: int
+    #: other integrations of the same Google account that lost their grant with this one
+    also_affected: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "integration": self.integration_id,
+            "status": "Disconnected",
+            "revocation": self.revocation,
+            "message": self.message,
+            "jobs_dropped": self.jobs_dropped,
+        }
+
+
+def _revoke(
+    settings: Settings, ref: IntegrationRef, tokens: Tokens | None
+) -> tuple[RevokeOutcome, OAuthApp | None]:
+    try:
+        oauth = oauth_app(ref.app, settings)
+    except CalsyncError:
+        oauth = None
+    if ref.app == "outlook":
+        # Microsoft has no single-token revocation: revoke() says where to remove the access.
+        placeholder = tokens or Tokens(access_token="-", refresh_token=None, expires_at=None)
+        if oauth is not None:
+            return revoke(oauth, placeholder), oauth
+        return (
+            RevokeOutcome(
+                "unsupported",
+                "Microsoft has no endpoint to revoke one sign-in: calsync deleted its tokens "
+                "locally; remove calsync's access at https://account.live.com/consent/Manage "
+                "(personal account) or https://myapplications.microsoft.com (work or school)",
+            ),
+            None,
+        )
+    manual = "Remove calsync at https://myaccount.google.com/permissions"
+    if tokens is None:
+        return RevokeOutcome(
+            "unconfirmed", f"calsync held no tokens for this integration to revoke. {manual}"
+        ), oauth
+    if oauth is None:
+        return RevokeOutcome(
+            "unconfirmed",
+            f"the Google OAuth client is not configured, so calsync could not revoke. {manual}",
+        ), None
+    return revoke(oauth, tokens), oauth
+
+
+def disconnect(
+    settings: Settings,
+    store: Store,
+    integration_id: int,
+    *,
+    now: Callable[[], datetime],
+    token_store: TokenStore | None = None,
+) -> DisconnectResult:
+    """Revoke at the provider, delete the keyring entry, drop live jobs, mark Disconnected.
+
+    Synced events stay on the calendar. Disconnecting a disconnected integration does nothing
+    (beyond deleting any token left behind) and says so.
+    """
+    tstore = token_store or TokenStore()
+    ref = load(store, integration_id)
+    if ref.status == "Disconnected":
+        tstore.delete(integration_id)  # a leftover from an interrupted disconnect
+        return DisconnectResult(
+            integration_id,
+            None,
+            f"integration {integration_id} is already disconnected; nothing to do",
+            0,
+        )
+    tokens = tstore.get(integration_id)
+    outcome, _ = _revoke(settings, ref, tokens)
+    tstore.delete(integration_id)
+    at = now()
+    affected: list[int] = []
+    with store.write() as session:
+        integ = integrations.get(session, integration_id)
+        dropped = integrations.drop_live_jobs(
+            session, integration_id, now=at, reason="integration disconnected"
+        )
+        integ.status = "Disconnected"
+        integ.status_detail = f"disconnected; to reconnect: {ref.reconnect}"
+        session.add(integ)
+        audit.record(
+            session,
+            "disconnect",
+            now=at,
+            integration_id=integration_id,
+            detail=f"revocation {outcome.status}; {dropped} queued jobs dropped",
+        )
+        if outcome.status == "revoked" and ref.app == "google" and ref.account:
+            # Google withdrew the whole grant of this account to the client project.
+            stmt = select(Integration).where(
+                Integration.app == "google",
+                Integration.account == ref.account,
+                Integration.id != integration_id,
+                Integration.status != "Disconnected",
+            )
+            for other in session.exec(stmt):
+                assert other.id is not None
+                other.status = "Error"
+                other.status_detail = reconnect_detail("google", other.provider_id)
+                session.add(other)
+                audit.record(
+                    session,
+                    "reauth_required",
+                    now=at,
+                    integration_id=other.id,
+                    detail=f"grant revoked by disconnecting integration {integration_id}",
+                )
+                affected.append(other.id)
+    return DisconnectResult(
+        integration_id, outcome.status, outcome.message, dropped, tuple(affected)
+    )
