@@ -416,7 +416,9 @@ def _store_connection(
             )
             # Last step before the commit: a keyring failure rolls the row back.
             if existing is not None:
-                previous_tokens = token_store.get(iid)
+                # kept to put back if the commit fails; a damaged entry is what we replace
+                with contextlib.suppress(CalsyncError):
+                    previous_tokens = token_store.get(iid)
             token_store.put(iid, tokens)
             stored_for = iid
     except BaseException:

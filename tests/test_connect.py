@@ -332,6 +332,32 @@ def test_disconnect_outlook_explains_where_to_remove_access(sb: Sandbox, browser
     assert TokenStore().get(iid) is None
 
 
+def test_google_revocation_marks_integrations_sharing_the_grant(
+    sb: Sandbox, browser: Browser
+) -> None:
+    lee = run_json("connect", "google", "--provider", "dr-lee", "--calendar", GMAIL, "--no-browser")
+    patel = run_json("connect", "google", "--provider", "dr-patel", "--no-browser")
+    assert lee["account"] == patel["account"] == GMAIL and lee["id"] != patel["id"]
+    result = run("disconnect", str(lee["id"]), "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert f"integration {patel['id']} used the same Google grant" in result.stderr
+    st = status_of(patel["id"])
+    assert st["status"] == "Error"
+    assert st["status_detail"] == "reconnect needed: calsync connect google --provider dr-patel"
+    # its stored tokens are dead at the provider: listing says so with exit 4
+    assert run("calendars", "list", str(patel["id"])).exit_code == 4
+
+
+def test_reconnect_replaces_a_damaged_keyring_entry(sb: Sandbox, browser: Browser) -> None:
+    import keyring
+
+    iid = run_json("connect", "google", "--provider", "dr-lee", "--no-browser")["id"]
+    keyring.set_password("calsync", f"integration:{iid}", "not json")
+    assert run("calendars", "list", str(iid)).exit_code == 1  # KeyringError: damaged
+    assert run_json("connect", "google", "--provider", "dr-lee", "--no-browser")["id"] == iid
+    assert TokenStore().get(iid) is not None
+
+
 def test_disconnect_asks_on_a_terminal(
     sb: Sandbox, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
