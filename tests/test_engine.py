@@ -222,3 +222,79 @@ def test_lost_lease_cannot_complete(env: Env) -> None:
     assert env.sync().integrations == {}
     env.clock.advance(minutes=6)  # its lease expired: the job is reclaimed
     assert env.sync().integrations[iid].pushed == 1
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_sweep_finds_a_lost_job_and_is_idempotent(env: Env, app: str) -> None:
+    from calsync_cli.engine.sweep import sweep
+
+    iid = connect(env, app)
+    env.import_visits([visit("a"), visit("b")])
+    with env.store.write() as s:  # the job for b was lost
+        s.execute(sa.delete(Job).where(Job.visit_id == "b"))
+    env.sync()
+    assert len(env.events(app)) == 1
+    first = sweep(env.store, env.settings, now=env.clock(), lookback=timedelta(hours=24))
+    assert first["queued"] == 1 and first["integrations"] == [{"id": iid, "queued": 1}]
+    again = sweep(env.store, env.settings, now=env.clock(), lookback=timedelta(hours=24))
+    assert again["queued"] == 0  # the job is live already
+    env.sync()
+    assert len(env.events(app)) == 2
+    assert (
+        sweep(env.store, env.settings, now=env.clock(), lookback=timedelta(hours=24))["queued"] == 0
+    )
+
+
+def test_sweep_does_not_backfill_changes_made_while_paused(env: Env) -> None:
+    from calsync_cli.engine.sweep import sweep
+
+    iid = connect(env, "google")
+    core.toggle(env.store, iid, True, now=env.clock())
+    env.clock.advance(minutes=1)
+    env.import_visits([visit("a")])
+    env.clock.advance(minutes=1)
+    core.toggle(env.store, iid, False, now=env.clock())
+    assert (
+        sweep(env.store, env.settings, now=env.clock(), lookback=timedelta(hours=24))["queued"] == 0
+    )
+
+
+def test_duration_parsing() -> None:
+    from calsync_cli.engine.sweep import parse_duration
+    from calsync_cli.errors import InputError
+
+    assert parse_duration("24h") == timedelta(hours=24)
+    assert parse_duration("90m") == timedelta(minutes=90)
+    with pytest.raises(InputError):
+        parse_duration("yesterday")
+
+
+def test_sync_command_json_and_exit_codes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from calsync_cli.cli.app import app as cli
+
+    for key, value in {**env.sb.env(), "CALSYNC_DB_URL": env.settings.db_url}.items():
+        monkeypatch.setenv(key, value)
+    from datetime import UTC, datetime
+
+    env.clock.now = datetime.now(UTC) - timedelta(minutes=1)  # the CLI's worker runs on real time
+    iid = connect(env, "outlook")
+    env.import_visits([visit("a")])
+    runner = CliRunner()
+    result = runner.invoke(cli, ["sync", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["totals"]["pushed"] == 1 and data["integrations"][0]["id"] == iid
+    faults = env.sb.faults("outlook", EMAILS["outlook"])
+    faults.expire_access_tokens()
+    faults.revoke_grant()
+    env.import_visits([visit("a", room="Room 7")], "v2.jsonl")
+    result = runner.invoke(cli, ["sync"])
+    assert result.exit_code == 4
+    assert "calsync connect outlook --provider dr-lee" in result.stderr
+    sweep = runner.invoke(cli, ["sweep", "--json", "--lookback", "2d"])
+    assert sweep.exit_code == 0 and "queued" in json.loads(sweep.stdout)
+    assert runner.invoke(cli, ["sweep", "--lookback", "soon"]).exit_code == 2

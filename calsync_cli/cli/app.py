@@ -81,13 +81,14 @@ def main(
 
 
 def _register() -> None:
-    from calsync_cli.cli import connect, data, integrations, later
+    from calsync_cli.cli import connect, data, integrations, later, sync
 
     app.add_typer(data.practices, name="practices")
     app.add_typer(data.providers, name="providers")
     app.add_typer(data.visits, name="visits")
     integrations.register(app)
     connect.register(app)
+    sync.register(app)
     later.register(app)
 
 

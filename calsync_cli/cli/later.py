@@ -29,27 +29,6 @@ def _later(feature: str) -> None:
     raise NotImplementedYet(f"{feature} is not available in this build yet")
 
 
-def sync(
-    watch: Annotated[bool, typer.Option("--watch", help="Keep running until interrupted.")] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="Seconds between rounds with --watch.")
-    ] = 10,
-    as_json: JsonOpt = False,
-) -> None:
-    """Push queued work to the external calendars (and pull busy time for pull/two-way)."""
-    _later("sync")
-
-
-def sweep(
-    lookback: Annotated[
-        str, typer.Option("--lookback", help="How far back to look, e.g. 24h, 90m, 2d.")
-    ] = "24h",
-    as_json: JsonOpt = False,
-) -> None:
-    """Queue visits that should have synced and did not."""
-    _later("sweep")
-
-
 def conflicts(
     integration: Annotated[
         int | None, typer.Argument(metavar="[INTEGRATION]", min=1, help="Only this integration.")
@@ -85,8 +64,6 @@ def sandbox_serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sync")(sync)
-    app.command("sweep")(sweep)
     app.command("conflicts")(conflicts)
     app.command("demo")(demo)
     app.add_typer(sandbox, name="sandbox")

@@ -122,7 +122,13 @@ class RunSummary:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, ProviderError | CalsyncError) else type(exc).__name__
+    """A PHI-free line: our own messages (with their hint), else only the exception's type."""
+    if isinstance(exc, CalsyncError):
+        text = exc.one_line()
+    elif isinstance(exc, ProviderError):
+        text = exc.message
+    else:
+        text = f"unexpected {type(exc).__name__}"
     return " ".join(str(text).split())[:300]
 
 

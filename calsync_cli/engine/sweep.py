@@ -1,0 +1,97 @@
+"""The sweep: queue visits that should be on a calendar in their current form and are not.
+
+It looks at visits changed within the look-back (and, per integration, only since it became
+active or was last resumed: what changed while paused is never backfilled), renders each for
+every pushing integration it belongs to, and queues it when there is no live job and the
+event is missing, stale, on another calendar, or still there for a cancelled visit. Idempotent,
+and safe while ``sync`` runs (it only inserts coalesced jobs).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from calsync_cli.config import Settings
+from calsync_cli.engine.render import render
+from calsync_cli.errors import InputError
+from calsync_cli.store import jobs
+from calsync_cli.store.db import Store
+from calsync_cli.store.models import EventLink, Practice, Visit
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not match:
+        raise InputError(
+            f"cannot read the duration {text!r}", hint="Use a number and a unit: 90m, 24h, 2d"
+        )
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def sweep(
+    store: Store, settings: Settings, *, now: datetime, lookback: timedelta
+) -> dict[str, Any]:
+    checked = queued = 0
+    per_integration: dict[int, int] = {}
+    with store.write() as session:
+        for integ in jobs.pushing_integrations(session):
+            assert integ.id is not None
+            since = max(now - lookback, integ.active_since)
+            rows = list(
+                session.exec(
+                    select(Visit, Practice)
+                    .join(Practice, col(Practice.id) == col(Visit.practice_id))
+                    .where(col(Visit.changed_at) >= since)
+                )
+            )
+            if not rows:
+                continue
+            links = {
+                lk.visit_id: lk
+                for lk in session.exec(
+                    select(EventLink).where(
+                        EventLink.integration_id == integ.id,
+                        col(EventLink.visit_id).in_([v.id for v, _ in rows]),
+                    )
+                )
+            }
+            live = jobs.live_pairs(session, integ.id)
+            work: list[tuple[int, str, str]] = []
+            for visit, practice in rows:
+                checked += 1
+                if (integ.id, visit.id) in live:
+                    continue
+                link = links.get(visit.id)
+                on_calendar = link is not None and link.external_id is not None
+                belongs = visit.status != "cancelled" and jobs.matches(
+                    integ, visit.practice_id, visit.provider_id
+                )
+                if belongs:
+                    rendered = render(
+                        visit, practice, integ, visit_link=settings.visit_link(visit.id)
+                    )
+                    if (
+                        link is None
+                        or not on_calendar
+                        or link.content_hash != rendered.content_hash
+                        or link.calendar_id != integ.calendar_id
+                    ):
+                        work.append((integ.id, visit.id, "upsert"))
+                elif on_calendar:
+                    work.append((integ.id, visit.id, "delete"))
+            n = jobs.enqueue(session, work, now)
+            queued += n
+            if n:
+                per_integration[integ.id] = n
+    return {
+        "lookback_seconds": int(lookback.total_seconds()),
+        "checked": checked,
+        "queued": queued,
+        "integrations": [{"id": k, "queued": v} for k, v in sorted(per_integration.items())],
+    }
