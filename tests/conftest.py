@@ -42,9 +42,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("CALSYNC_DB_URL", f"sqlite:///{tmp_path / 'calsync.db'}")
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
     previous = keyring.get_keyring()
-    ring = PlaintextKeyring()
-    ring.file_path = str(home / "data" / "keyring.cfg")  # type: ignore[misc]
-    keyring.set_keyring(ring)
+    # Its file lives under XDG_DATA_HOME, so subprocesses (which get the same environment and
+    # PYTHON_KEYRING_BACKEND) share this test's keyring.
+    keyring.set_keyring(PlaintextKeyring())
     yield tmp_path
     keyring.set_keyring(previous)
 
