@@ -5,6 +5,7 @@ complete -c calsync -n '__fish_seen_subcommand_from calendars && __fish_seen_sub
 complete -c calsync -n '__fish_seen_subcommand_from calendars && __fish_seen_subcommand_from select' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from calendars' -a list -d 'List the account\'s calendars: id, name, primary, writable'
 complete -c calsync -n '__fish_seen_subcommand_from calendars' -a select -d 'Choose the calendar visits go to'
+complete -c calsync -n '__fish_seen_subcommand_from conflicts' -l days -d 'How many days ahead to look'
 complete -c calsync -n '__fish_seen_subcommand_from conflicts' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from connect' -a 'google'
 complete -c calsync -n '__fish_seen_subcommand_from connect' -a 'outlook'

@@ -298,3 +298,51 @@ def test_sync_command_json_and_exit_codes(env: Env, monkeypatch: pytest.MonkeyPa
     sweep = runner.invoke(cli, ["sweep", "--json", "--lookback", "2d"])
     assert sweep.exit_code == 0 and "queued" in json.loads(sweep.stdout)
     assert runner.invoke(cli, ["sweep", "--lookback", "soon"]).exit_code == 2
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_conflicts_report_foreign_busy_time_only(env: Env, app: str) -> None:
+    import asyncio
+
+    import httpx2
+
+    from calsync_cli.engine.conflicts import pull
+    from calsync_cli.errors import InputError
+
+    iid = connect(env, app)
+    env.import_visits(
+        [visit("a"), visit("b", start="2026-12-01T11:00:00-06:00", end="2026-12-01T11:30:00-06:00")]
+    )
+    env.sync()  # calsync's own events are on the calendar: they are not conflicts
+    with pytest.raises(InputError, match="only pushes"):
+        asyncio.run(pull(env.store, env.settings, now=env.clock(), integration_id=iid))
+    core.set_direction(env.store, iid, "two-way", now=env.clock())
+    # the clinician's own appointment overlapping visit a (09:00-09:30 Chicago = 15:00Z)
+    token = env.sb.issue_token(app, EMAILS[app])
+    cal = env.calendar(app)
+    with httpx2.Client(headers={"Authorization": f"Bearer {token}"}) as http:
+        if app == "google":
+            url = f"{env.settings.google_api_url}/calendars/{cal}/events"
+            body = {
+                "summary": "Dentist",
+                "start": {"dateTime": "2026-12-01T15:15:00Z"},
+                "end": {"dateTime": "2026-12-01T16:00:00Z"},
+            }
+        else:
+            url = f"{env.settings.microsoft_graph_url}/me/calendars/{cal}/events"
+            body = {
+                "subject": "Dentist",
+                "start": {"dateTime": "2026-12-01T15:15:00", "timeZone": "UTC"},
+                "end": {"dateTime": "2026-12-01T16:00:00", "timeZone": "UTC"},
+            }
+        assert http.post(url, json=body).status_code in (200, 201)
+    [result] = asyncio.run(pull(env.store, env.settings, now=env.clock()))
+    assert result.error is None
+    assert [(c.visit_id, c.busy_start) for c in result.conflicts] == [
+        ("a", "2026-12-01T15:15:00+00:00")
+    ]
+    with env.store.read() as s:
+        from calsync_cli.store.models import Integration
+
+        integ = s.get(Integration, iid)
+        assert integ is not None and integ.pulled_at == env.clock()

@@ -44,7 +44,7 @@ def _ago(iso: str | None) -> str:
 def status(
     integration: Annotated[
         int | None,
-        typer.Argument(metavar="[INTEGRATION]", help="Show only this integration.", min=1),
+        typer.Argument(metavar="INTEGRATION", help="Show only this integration.", min=1),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

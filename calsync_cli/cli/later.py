@@ -29,16 +29,6 @@ def _later(feature: str) -> None:
     raise NotImplementedYet(f"{feature} is not available in this build yet")
 
 
-def conflicts(
-    integration: Annotated[
-        int | None, typer.Argument(metavar="[INTEGRATION]", min=1, help="Only this integration.")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Visits that overlap busy time on the external calendar (pull and two-way)."""
-    _later("conflicts")
-
-
 def demo(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the demo's temporary directory.")
@@ -64,6 +54,5 @@ def sandbox_serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("conflicts")(conflicts)
     app.command("demo")(demo)
     app.add_typer(sandbox, name="sandbox")

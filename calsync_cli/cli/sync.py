@@ -14,7 +14,7 @@ PROGRESS_JOBS = 200
 
 
 def _render_summary(data: dict[str, Any]) -> None:
-    if not data["integrations"]:
+    if not data["integrations"] and not data.get("pull"):
         output.say("Nothing due.")
         return
     output.table(
@@ -48,6 +48,9 @@ def _render_summary(data: dict[str, Any]) -> None:
     for s in data["integrations"]:
         if s["error"]:
             output.say(f"integration {s['id']}: {s['error']}")
+    for p in data.get("pull", []):
+        line = f"integration {p['integration']}: read busy time, {len(p['conflicts'])} conflicts"
+        output.say(line if not p["error"] else f"integration {p['integration']}: {p['error']}")
 
 
 def sync(
@@ -82,11 +85,30 @@ def sync(
             summary = asyncio.run(worker.run_once())
         else:
             summary = asyncio.run(_watch(worker, interval))
+    pulled = [] if watch else asyncio.run(_pull())
     data = summary.as_dict()
+    data["pull"] = [p.as_dict() for p in pulled]
+    if any(p.needs_reauth for p in pulled):
+        data["exit_code"] = 4
     output.render(data, as_json, lambda: _render_summary(data))
-    code = 0 if watch else summary.exit_code
+    code = 0 if watch else data["exit_code"]
     if code:
         raise typer.Exit(code)
+
+
+async def _pull() -> list[Any]:
+    """The pull half of a sync: read busy time of unpaused pull and two-way integrations."""
+    from calsync_cli.engine.conflicts import pull
+
+    results = await pull(context.store(), context.settings(), now=context.now())
+    return [r for r in results if not _paused(r.integration)]
+
+
+def _paused(integration_id: int) -> bool:
+    from calsync_cli.integrations import get
+
+    with context.store().read() as session:
+        return bool(get(session, integration_id).paused)
 
 
 async def _watch(worker: Any, interval: float) -> Any:
@@ -140,6 +162,64 @@ def sweep(
     )  # fmt: skip
 
 
+def conflicts(
+    integration: Annotated[
+        int | None,
+        typer.Argument(
+            metavar="INTEGRATION",
+            min=1,
+            help="Only this integration (default: every pull or two-way integration).",
+        ),
+    ] = None,
+    days: Annotated[
+        int, typer.Option("--days", min=1, max=90, help="How many days ahead to look.")
+    ] = 14,
+    as_json: JsonOpt = False,
+) -> None:
+    """Visits that overlap busy time on the external calendar (pull and two-way).
+
+    Reads the integration's calendar live; calsync's own events are not conflicts. Only times
+    and event ids of external events are shown. Turn reading on with
+    'calsync direction INTEGRATION two-way'.
+    """
+    import asyncio
+    from datetime import timedelta
+
+    from calsync_cli.engine.conflicts import pull
+
+    results = asyncio.run(
+        pull(context.store(), context.settings(), now=context.now(), integration_id=integration,
+             horizon=timedelta(days=days), record=False)
+    )  # fmt: skip
+    data = {"integrations": [r.as_dict() for r in results]}
+
+    def human() -> None:
+        if not results:
+            output.say(
+                "No integration reads its calendar. Turn it on with: calsync direction ID two-way"
+            )
+            return
+        rows = [
+            [c.integration, c.visit_id, c.visit_start[:16].replace("T", " "), c.visit_end[11:16],
+             f"{c.busy_start[:16].replace('T', ' ')}-{c.busy_end[11:16]}"]
+            for r in results for c in r.conflicts
+        ]  # fmt: skip
+        if rows:
+            output.table(None, ["integration", "visit", "visit (UTC)", "until", "busy (UTC)"], rows)
+        for r in results:
+            if r.error:
+                output.say(f"integration {r.integration}: {r.error}")
+            elif not r.conflicts:
+                output.say(f"integration {r.integration}: no conflicts in the next {days} days")
+
+    output.render(data, as_json, human)
+    if any(r.needs_reauth for r in results):
+        raise typer.Exit(4)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("sync")(sync)
     app.command("sweep")(sweep)
+    app.command("conflicts")(conflicts)

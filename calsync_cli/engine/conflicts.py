@@ -1,0 +1,168 @@
+"""Pull: read busy time from the external calendar and report visits that overlap it.
+
+Only for integrations in ``pull`` or ``two-way`` direction. calsync's own events (recognised by
+their tag) are not conflicts. Nothing is written to the external calendar and nothing of the
+external events but their times and ids is kept or shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from calsync_cli.config import Settings
+from calsync_cli.errors import InputError
+from calsync_cli.integrations import get
+from calsync_cli.providers.base import BusyBlock, ProviderError, ReauthRequired
+from calsync_cli.store import jobs
+from calsync_cli.store.db import Store
+from calsync_cli.store.models import Integration, Visit
+
+HORIZON = timedelta(days=14)
+OWN_TAG_PREFIX = "calsync-"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    integration: int
+    visit_id: str
+    visit_start: str
+    visit_end: str
+    busy_start: str
+    busy_end: str
+    event_id: str | None
+
+
+@dataclass
+class PullResult:
+    integration: int
+    app: str
+    conflicts: list[Conflict]
+    error: str | None = None
+    needs_reauth: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "integration": self.integration,
+            "app": self.app,
+            "conflicts": [asdict(c) for c in self.conflicts],
+            "error": self.error,
+            "needs_reauth": self.needs_reauth,
+        }
+
+
+def overlaps(visits: list[Visit], busy: list[BusyBlock], integration_id: int) -> list[Conflict]:
+    found = []
+    foreign = [b for b in busy if not (b.tag or "").startswith(OWN_TAG_PREFIX)]
+    for visit in visits:
+        for block in foreign:
+            if block.start < visit.end and block.end > visit.start:
+                found.append(
+                    Conflict(
+                        integration_id, visit.id, visit.start.isoformat(), visit.end.isoformat(),
+                        block.start.isoformat(), block.end.isoformat(), block.event_id,
+                    )
+                )  # fmt: skip
+    return found
+
+
+def pulling(session: Any, integration_id: int | None) -> list[Integration]:
+    if integration_id is not None:
+        integ = get(session, integration_id)
+        if integ.direction == "push":
+            raise InputError(
+                f"integration {integration_id} only pushes; it does not read its calendar",
+                hint=f"Turn reading on with: calsync direction {integration_id} two-way",
+            )
+        if integ.status == "Disconnected" or integ.calendar_id is None:
+            raise InputError(
+                f"integration {integration_id} has no connected calendar",
+                hint=f"Run: calsync calendars select {integration_id} CAL_ID",
+            )
+        return [integ]
+    stmt = select(Integration).where(
+        col(Integration.direction).in_(("pull", "two-way")),
+        Integration.status != "Disconnected",
+        col(Integration.calendar_id).is_not(None),
+    )
+    return list(session.exec(stmt))
+
+
+async def pull(
+    store: Store,
+    settings: Settings,
+    *,
+    now: datetime,
+    integration_id: int | None = None,
+    horizon: timedelta = HORIZON,
+    open_provider: Callable[..., Any] | None = None,
+    record: bool = True,
+) -> list[PullResult]:
+    """Read each pulling integration's busy time over [now, now + horizon)."""
+    if open_provider is None:
+        from calsync_cli.auth.clients import open_provider as default_open
+
+        open_provider = default_open
+    with store.read() as session:
+        integrations = pulling(session, integration_id)
+        work = []
+        for integ in integrations:
+            visits = [
+                v
+                for v in session.exec(
+                    select(Visit).where(
+                        col(Visit.end) > now,
+                        col(Visit.start) < now + horizon,
+                        Visit.status != "cancelled",
+                    )
+                )
+                if jobs.matches(integ, v.practice_id, v.provider_id)
+            ]
+            work.append((integ, visits))
+
+    async def one(integ: Integration, visits: list[Visit]) -> PullResult:
+        assert integ.id is not None and integ.calendar_id is not None
+        result = PullResult(integ.id, integ.app, [])
+        try:
+            async with open_provider(settings, integ.app, integ.id, integ.provider_id) as provider:
+                busy = await provider.list_busy(integ.calendar_id, now, now + horizon)
+            result.conflicts = overlaps(visits, busy, integ.id)
+        except ReauthRequired as exc:
+            result.needs_reauth, result.error = True, exc.one_line()
+        except ProviderError as exc:
+            result.error = exc.message
+        return result
+
+    results = list(await asyncio.gather(*(one(i, v) for i, v in work)))
+    if record:
+        _record(store, results, now)
+    return results
+
+
+def _record(store: Store, results: list[PullResult], now: datetime) -> None:
+    from calsync_cli.auth.oauth import reconnect_hint
+    from calsync_cli.store.queue import REAUTH_PREFIX
+
+    with store.write() as session:
+        for result in results:
+            integ = session.get(Integration, result.integration)
+            if integ is None:
+                continue
+            if result.needs_reauth:
+                integ.status = "Error"
+                integ.status_detail = (
+                    f"{REAUTH_PREFIX}: {reconnect_hint(integ.app, integ.provider_id)}"
+                )
+            elif result.error:
+                integ.status, integ.status_detail = "Error", f"pull failed: {result.error}"
+            else:
+                integ.pulled_at = now
+                if integ.direction == "pull":
+                    integ.status, integ.status_detail = "Active", None
+                    integ.last_synced_at = now
+            session.add(integ)
