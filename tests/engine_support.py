@@ -93,7 +93,7 @@ def connect(env: Env, app: str, provider_id: str = "dr-lee") -> int:
 
 def make_env(tmp: Path, sb: Sandbox) -> Env:
     for app, email in EMAILS.items():
-        sb.add_account(app, email)
+        sb.add_account(app, email, calendars=[{"name": "Clinic", "writable": True}])
     settings = load_settings({**sb.env(), "CALSYNC_DB_URL": f"sqlite:///{tmp / 'engine.db'}"})
     store = Store(settings.db_url)
     importers.import_file(store, "practices", str(write_jsonl(tmp / "p.jsonl", PRACTICES)), now=NOW)

@@ -346,3 +346,24 @@ def test_conflicts_report_foreign_busy_time_only(env: Env, app: str) -> None:
 
         integ = s.get(Integration, iid)
         assert integ is not None and integ.pulled_at == env.clock()
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_choosing_another_calendar_moves_upcoming_events(env: Env, app: str) -> None:
+    from calsync_cli import connections
+
+    iid = connect(env, app)
+    past = visit("past", start="2026-11-02T09:00:00-06:00", end="2026-11-02T09:30:00-06:00")
+    env.import_visits([visit("a"), past])
+    env.sync()
+    primary = env.calendar(app)
+    assert len(env.events(app)) == 2
+    clinic = env.sb.account(app, EMAILS[app]).calendar_id("Clinic")
+    connections.select_calendar(env.settings, env.store, iid, clinic, now=env.clock)
+    summary = env.sync()
+    assert summary.integrations[iid].pushed == 1
+    moved = env.sb.events(app, EMAILS[app], clinic)
+    assert [title(app, e) for e in moved] == ["[Main Street Practice] - Jane Doe - Follow Up"]
+    left = env.sb.events(app, EMAILS[app], primary)
+    assert len(left) == 1 and "09:00:00" in left[0]["start"]["dateTime"]  # the past visit stays
+    assert env.sync().integrations == {}
