@@ -367,3 +367,29 @@ def test_choosing_another_calendar_moves_upcoming_events(env: Env, app: str) -> 
     left = env.sb.events(app, EMAILS[app], primary)
     assert len(left) == 1 and "09:00:00" in left[0]["start"]["dateTime"]  # the past visit stays
     assert env.sync().integrations == {}
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_sweep_keeps_quiet_connections_alive(env: Env, app: str) -> None:
+    import asyncio
+
+    from calsync_cli.auth.tokens import TokenStore
+    from calsync_cli.engine.keepalive import keep_alive
+
+    iid = connect(env, app)
+    store = TokenStore()
+    before = store.get(iid)
+    assert before is not None and before.expires_at is not None
+    assert asyncio.run(keep_alive(env.store, env.settings, now=env.clock()))["refreshed"] == []
+    later = before.expires_at + timedelta(days=8)  # a quiet week and more
+    out = asyncio.run(keep_alive(env.store, env.settings, now=later))
+    assert out == {"refreshed": [iid], "reauth_needed": [], "errors": {}}
+    after = store.get(iid)
+    assert after is not None and after.access_token != before.access_token
+    if app == "outlook":  # Microsoft rotates the refresh token: the new one was stored
+        assert after.refresh_token != before.refresh_token
+    assert env.sb.stats()["token_refreshes"][app][EMAILS[app]] == 1
+    env.sb.faults(app, EMAILS[app]).revoke_grant()
+    out = asyncio.run(keep_alive(env.store, env.settings, now=later + timedelta(days=30)))
+    assert out["reauth_needed"] == [iid]
+    assert core.status_rows(env.store, iid)[0]["status"] == "Error"

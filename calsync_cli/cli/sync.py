@@ -149,17 +149,39 @@ def sweep(
     integration's calendar in their current form but are not there (missing or stale event, or
     a cancelled visit whose event is still there) and have no queued work. Changes made while
     an integration was paused are never backfilled. Safe to run while 'calsync sync' runs.
+
+    It also keeps quiet connections alive: refresh tokens die unused (Microsoft after 90 days,
+    Google after six months), so it refreshes the sign-in of any integration idle for a week.
+    Exits 4 when an integration needs signing in again.
     """
+    import asyncio
+
+    from calsync_cli.engine.keepalive import keep_alive
     from calsync_cli.engine.sweep import parse_duration
     from calsync_cli.engine.sweep import sweep as run_sweep
 
     data = run_sweep(
         context.store(), context.settings(), now=context.now(), lookback=parse_duration(lookback)
     )
-    output.render(
-        data, as_json,
-        lambda: output.say(f"Checked {data['checked']} recent visit changes; queued {data['queued']} for sync."),
-    )  # fmt: skip
+    data["tokens"] = asyncio.run(keep_alive(context.store(), context.settings(), now=context.now()))
+
+    def human() -> None:
+        output.say(
+            f"Checked {data['checked']} recent visit changes; queued {data['queued']} for sync."
+        )
+        tokens = data["tokens"]
+        if tokens["refreshed"]:
+            output.say(
+                f"Kept {len(tokens['refreshed'])} quiet connections alive (tokens refreshed)."
+            )
+        for iid in tokens["reauth_needed"]:
+            output.say(f"integration {iid}: reconnect needed (see 'calsync status {iid}')")
+        for iid, error in tokens["errors"].items():
+            output.say(f"integration {iid}: could not refresh its sign-in: {error}")
+
+    output.render(data, as_json, human)
+    if data["tokens"]["reauth_needed"]:
+        raise typer.Exit(4)
 
 
 def conflicts(
