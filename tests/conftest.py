@@ -49,6 +49,14 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     keyring.set_keyring(previous)
 
 
+@pytest.fixture
+def keyring_backend() -> object:
+    """The temporary keyring backend this test runs with (see ``isolated_env``)."""
+    import keyring
+
+    return keyring.get_keyring()
+
+
 def _pg_reachable() -> str | None:
     try:
         import psycopg

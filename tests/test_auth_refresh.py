@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx2
 import keyring
 import pytest
-from keyrings.alt.file import PlaintextKeyring
 
 from calsync_cli.auth import (
     GOOGLE_SCOPES,
@@ -50,18 +48,6 @@ OUTLOOK = OAuthApp(
     redirect_host="localhost",
     redirect_path="",
 )
-
-
-@pytest.fixture(autouse=True)
-def temp_keyring(tmp_path: Path) -> Iterator[PlaintextKeyring]:
-    previous = keyring.get_keyring()
-    backend = PlaintextKeyring()
-    backend.file_path = str(tmp_path / "keyring.cfg")
-    keyring.set_keyring(backend)
-    try:
-        yield backend
-    finally:
-        keyring.set_keyring(previous)
 
 
 class Clock:

@@ -13,9 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
-import keyring
 import pytest
-from keyrings.alt.file import PlaintextKeyring
 
 from calsync_cli.auth import (
     KeyringTokenSource,
@@ -33,18 +31,6 @@ from calsync_cli.sandbox import Sandbox
 
 GOOGLE_EMAIL = "dr@example.com"
 OUTLOOK_EMAIL = "dr@contoso.com"
-
-
-@pytest.fixture(autouse=True)
-def temp_keyring(tmp_path: Path) -> Iterator[PlaintextKeyring]:
-    previous = keyring.get_keyring()
-    backend = PlaintextKeyring()
-    backend.file_path = str(tmp_path / "keyring.cfg")
-    keyring.set_keyring(backend)
-    try:
-        yield backend
-    finally:
-        keyring.set_keyring(previous)
 
 
 @pytest.fixture

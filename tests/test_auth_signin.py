@@ -12,7 +12,7 @@ import hashlib
 import json
 import queue
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,9 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
-import keyring
 import pytest
-from keyrings.alt.file import PlaintextKeyring
 
 from calsync_cli.auth import (
     GOOGLE_SCOPES,
@@ -39,18 +37,6 @@ from calsync_cli.errors import AuthError, ConfigError, InputError
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 CODE = "4/0AUTH-CODE-SECRET"
-
-
-@pytest.fixture(autouse=True)
-def temp_keyring(tmp_path: Path) -> Iterator[PlaintextKeyring]:
-    previous = keyring.get_keyring()
-    backend = PlaintextKeyring()
-    backend.file_path = str(tmp_path / "keyring.cfg")
-    keyring.set_keyring(backend)
-    try:
-        yield backend
-    finally:
-        keyring.set_keyring(previous)
 
 
 ENV = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,6 @@ from calsync_cli.auth import Tokens, TokenStore, keyring_username
 from calsync_cli.errors import KeyringError
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def temp_keyring(tmp_path: Path) -> Iterator[PlaintextKeyring]:
-    """A file keyring under tmp_path: never the developer's real keyring."""
-    previous = keyring.get_keyring()
-    backend = PlaintextKeyring()
-    backend.file_path = str(tmp_path / "keyring.cfg")
-    keyring.set_keyring(backend)
-    try:
-        yield backend
-    finally:
-        keyring.set_keyring(previous)
 
 
 def sample(**changes: Any) -> Tokens:
@@ -89,12 +75,12 @@ def test_expires_within() -> None:
     assert not sample(expires_at=None).expires_within(NOW, 60)
 
 
-def test_store_put_get_delete(temp_keyring: PlaintextKeyring) -> None:
+def test_store_put_get_delete(keyring_backend: PlaintextKeyring) -> None:
     store = TokenStore()
     assert store.get(7) is None
     store.put(7, sample())
     assert store.get(7) == sample()
-    raw = temp_keyring.get_password("calsync", keyring_username(7))
+    raw = keyring_backend.get_password("calsync", keyring_username(7))
     assert raw is not None
     assert json.loads(raw)["access_token"] == "ya29.ACCESS-SECRET"
     assert keyring_username(7) == "integration:7"
@@ -107,9 +93,9 @@ def test_store_put_get_delete(temp_keyring: PlaintextKeyring) -> None:
 
 
 def test_damaged_entry_is_a_keyring_error_without_its_content(
-    temp_keyring: PlaintextKeyring,
+    keyring_backend: PlaintextKeyring,
 ) -> None:
-    temp_keyring.set_password("calsync", "integration:3", "not json ACCESS-SECRET")
+    keyring_backend.set_password("calsync", "integration:3", "not json ACCESS-SECRET")
     with pytest.raises(KeyringError) as info:
         TokenStore().get(3)
     assert "damaged" in info.value.message
