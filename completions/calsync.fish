@@ -51,7 +51,7 @@ complete -c calsync -n '__fish_seen_subcommand_from providers && __fish_seen_sub
 complete -c calsync -n '__fish_seen_subcommand_from providers' -a import -d 'Add or update providers (clinicians) from FILE (fields:'
 complete -c calsync -n '__fish_seen_subcommand_from sandbox && __fish_seen_subcommand_from serve' -l port -d 'Port on 127.0.0.1 (default: any free port)'
 complete -c calsync -n '__fish_seen_subcommand_from sandbox && __fish_seen_subcommand_from serve' -l json -d 'Print one JSON document on stdout; messages go to stderr'
-complete -c calsync -n '__fish_seen_subcommand_from sandbox' -a serve -d 'Run the provider sandbox in the foreground'
+complete -c calsync -n '__fish_seen_subcommand_from sandbox' -a serve -d 'Run the provider sandbox in the foreground until Ctrl-C'
 complete -c calsync -n '__fish_seen_subcommand_from status' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from sweep' -l lookback -d 'How far back to look, e.g'
 complete -c calsync -n '__fish_seen_subcommand_from sweep' -l json -d 'Print one JSON document on stdout; messages go to stderr'

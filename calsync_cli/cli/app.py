@@ -81,7 +81,7 @@ def main(
 
 
 def _register() -> None:
-    from calsync_cli.cli import connect, data, integrations, later, sync
+    from calsync_cli.cli import connect, data, demo, integrations, sync
 
     app.add_typer(data.practices, name="practices")
     app.add_typer(data.providers, name="providers")
@@ -89,7 +89,7 @@ def _register() -> None:
     integrations.register(app)
     connect.register(app)
     sync.register(app)
-    later.register(app)
+    demo.register(app)
 
 
 _register()
