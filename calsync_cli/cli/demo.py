@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from calsync_cli.cli import output
+from calsync_cli.cli.integrations import status_table
 from calsync_cli.cli.options import JsonOpt
 
 if TYPE_CHECKING:
@@ -16,47 +17,6 @@ if TYPE_CHECKING:
 sandbox = typer.Typer(
     help="The local provider sandbox: fake Google and Microsoft services.", no_args_is_help=True
 )
-
-STATUS_COLUMNS = [
-    "id",
-    "provider",
-    "app",
-    "account",
-    "calendar",
-    "direction",
-    "status",
-    "last synced",
-    "queued",
-    "failed",
-]
-
-
-def _status_table(rows: list[dict[str, Any]]) -> None:
-    """The table ``calsync status`` prints."""
-    output.table(
-        None,
-        STATUS_COLUMNS,
-        [
-            [
-                r["id"],
-                r["provider_id"],
-                r["app"],
-                r["account"] or "-",
-                r["calendar_name"] or r["calendar_id"] or "(none chosen)",
-                r["direction"],
-                r["status"] + (" (paused)" if r["paused"] else ""),
-                "never"
-                if r["last_synced_at"] is None
-                else r["last_synced_at"].replace("+00:00", "Z"),
-                r["queued"],
-                r["failed"],
-            ]
-            for r in rows
-        ],
-    )
-    for r in rows:
-        if r["status_detail"]:
-            output.say(f"integration {r['id']}: {r['status_detail']}")
 
 
 def _show(result: DemoResult) -> None:
@@ -69,7 +29,7 @@ def _show(result: DemoResult) -> None:
         + "."
     )
     output.say("")
-    _status_table(result.integrations)
+    status_table(result.integrations)
     day = result.day
     if day is not None:
         for row in result.integrations:

@@ -37,8 +37,29 @@ No integrations yet{counts}. To get started:
 Try it all offline first with: calsync demo"""
 
 
-def _ago(iso: str | None) -> str:
-    return "never" if iso is None else iso.replace("+00:00", "Z")
+def _when(iso: str | None) -> str:
+    """2026-11-24T15:00:43.911581+00:00 -> 2026-11-24 15:00Z"""
+    return "never" if iso is None else f"{iso[:10]} {iso[11:16]}Z"
+
+
+def status_table(rows: list[dict[str, Any]]) -> None:
+    """The table of ``calsync status`` (also shown by ``calsync demo``)."""
+    output.table(
+        None,
+        ["id", "provider", "app", "account", "calendar", "direction", "status", "last synced", "queued", "failed"],
+        [
+            [
+                r["id"], r["provider_id"], r["app"], r["account"] or "-",
+                r["calendar_name"] or r["calendar_id"] or "(none chosen)", r["direction"],
+                r["status"] + (" (paused)" if r["paused"] else ""),
+                _when(r["last_synced_at"]), r["queued"], r["failed"],
+            ]
+            for r in rows
+        ],
+    )  # fmt: skip
+    for r in rows:
+        if r["status_detail"]:
+            output.say(f"integration {r['id']}: {r['status_detail']}")
 
 
 def status(
@@ -69,39 +90,7 @@ def status(
             have = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
             output.say(GETTING_STARTED.format(counts=f" ({have} stored)" if have else ""))
             return
-        output.table(
-            None,
-            [
-                "id",
-                "provider",
-                "app",
-                "account",
-                "calendar",
-                "direction",
-                "status",
-                "last synced",
-                "queued",
-                "failed",
-            ],
-            [
-                [
-                    r["id"],
-                    r["provider_id"],
-                    r["app"],
-                    r["account"] or "-",
-                    r["calendar_name"] or r["calendar_id"] or "(none chosen)",
-                    r["direction"],
-                    r["status"] + (" (paused)" if r["paused"] else ""),
-                    _ago(r["last_synced_at"]),
-                    r["queued"],
-                    r["failed"],
-                ]
-                for r in rows
-            ],
-        )
-        for r in rows:
-            if r["status_detail"]:
-                output.say(f"integration {r['id']}: {r['status_detail']}")
+        status_table(rows)
 
     output.render({"integrations": rows}, as_json, human)
 
