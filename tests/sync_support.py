@@ -35,7 +35,8 @@ def make_db_env(tmp: Path, sb: Sandbox, db_url: str, now: datetime) -> Env:
     settings = load_settings({**sb.env(), "CALSYNC_DB_URL": db_url})
     store = Store(settings.db_url)
     for kind, rows in (("practices", PRACTICES), ("providers", PROVIDERS)):
-        importers.import_file(store, kind, str(write_jsonl(tmp / f"{kind}.jsonl", rows)), now=now)
+        path = write_jsonl(tmp / f"{kind}.jsonl", [dict(r) for r in rows])
+        importers.import_file(store, kind, str(path), now=now)  # type: ignore[arg-type]
     return Env(sb=sb, store=store, settings=settings, tmp=tmp, clock=Clock(now))
 
 
@@ -107,7 +108,8 @@ def creates_seen(sb: Sandbox) -> dict[str, int]:
 
 def _tag(app: str, event: dict[str, Any]) -> str | None:
     if app == "google":
-        return ((event.get("extendedProperties") or {}).get("private") or {}).get("calsync")
+        private = (event.get("extendedProperties") or {}).get("private") or {}
+        return str(private["calsync"]) if "calsync" in private else None
     for prop in event.get("singleValueExtendedProperties") or ():
         return str(prop.get("value"))
     return None
@@ -155,8 +157,8 @@ def calendar_problems(env: Env) -> list[str]:
             got, expected = _shown(app, found[0]), _expected_shown(app, want)
             if got != expected:
                 problems.append(f"{app} {v.id}: shows {got}, expected {expected}")
-        for tag, extra in by_tag.items():
-            problems.append(f"{app}: {len(extra)} event(s) with unknown tag {tag}")
+        for unknown, extra in by_tag.items():
+            problems.append(f"{app}: {len(extra)} event(s) with unknown tag {unknown}")
     return problems
 
 

@@ -9,6 +9,15 @@ For each claimed job the worker decides from the visit as it is now (jobs carry 
 * it does not (cancelled, reassigned, filtered out): delete its event; an event already gone
   counts as deleted.
 
+Crash safety: before any call the worker writes ahead what it is about to do, so a worker that
+dies after its calls but before recording them leaves a link that cannot mislead the next one. A
+live link loses its content hash (the next run updates instead of skipping an unchanged visit:
+the event may show a newer edit, or be deleted already); a create leaves ``PENDING_CREATE`` on
+the link with the calendar it targets. The next run repeats a pending create on the same key (the
+same event; on Graph, whose transactionId answers the existing event unchanged, it then updates
+it), or, when the visit no longer belongs there, creates and deletes it on that key, so nothing
+the dead worker made stays behind.
+
 Failures follow DESIGN.md's schedule: retried 1, 4, 16, 60 and 60 minutes later (up to 10%
 jitter; a longer Retry-After wins), then failed. A refused grant holds the integration's jobs
 (no retry used up) and sets it to Error, "reconnect needed".
@@ -46,6 +55,9 @@ RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=4), timedelta(minutes=16
                 timedelta(hours=1), timedelta(hours=1))  # fmt: skip
 MAX_RETRIES = len(RETRY_DELAYS)
 JITTER = 0.10
+
+#: ``EventLink.content_hash`` while a create may have reached the calendar unrecorded
+PENDING_CREATE = "pending-create"
 
 OpenProvider = Callable[..., AbstractAsyncContextManager[CalendarProvider]]
 
@@ -262,6 +274,8 @@ class Worker:
         updates: list[tuple[queue.Claimed, Rendered]] = []
         deletes: list[tuple[queue.Claimed, str, str]] = []  # item, calendar, event id
         moves: list[tuple[queue.Claimed, Rendered]] = []
+        recover: list[queue.Claimed] = []  # a dead worker's create may have landed: remove it
+        repeats: set[int] = set()  # job ids whose create repeats one that may have landed
         for item in items:
             job_id, visit, link = item.job.id, item.visit, item.link
             assert job_id is not None
@@ -269,6 +283,7 @@ class Worker:
                 integ, visit.practice_id, visit.provider_id
             )
             live = link is not None and link.external_id is not None
+            pending = link is not None and not live and link.content_hash == PENDING_CREATE
             if belongs:
                 rendered = render(
                     visit, item.practice, integ,
@@ -276,6 +291,8 @@ class Worker:
                 )  # fmt: skip
                 if not live:
                     creates.append((item, rendered))
+                    if pending:
+                        repeats.add(job_id)
                 elif link is not None and link.calendar_id != calendar:
                     moves.append((item, rendered))
                 elif link is not None and link.content_hash == rendered.content_hash:
@@ -284,8 +301,17 @@ class Worker:
                     updates.append((item, rendered))
             elif live and link is not None and link.external_id is not None:
                 deletes.append((item, link.calendar_id or calendar, link.external_id))
+            elif pending:
+                recover.append(item)
             else:
                 outcomes[job_id] = Outcome("skipped")
+
+        self._write_ahead(
+            integ,
+            [c[0] for c in creates],
+            [u[0] for u in updates] + [m[0] for m in moves] + [d[0] for d in deletes],
+        )
+        await self._recover(provider, integ, recover, outcomes)
 
         # Moves: delete on the old calendar first, then create on the new one.
         for old_calendar in {lk.calendar_id for lk in (m[0].link for m in moves) if lk}:
@@ -343,6 +369,10 @@ class Worker:
                 )  # fmt: skip
             else:
                 outcomes[job_id] = error
+        if integ.app != "google":
+            # Graph answers a repeated transactionId with the event as first created: bring a
+            # repeated create's event up to date. (Google's create of an existing id replaces it.)
+            await self._refresh_repeats(provider, calendar, creates, repeats, outcomes)
         # Deletes on a calendar the integration no longer uses.
         for item, old_calendar, event_id in (d for d in deletes if d[1] != calendar):
             try:
@@ -374,6 +404,99 @@ class Worker:
             if isinstance(outcome, Outcome) and outcome.generation is None:
                 moved = any(m[0] is item for m in moves)
                 outcome.generation = self._generation(integ, item.link, bump=moved)
+
+    def _write_ahead(
+        self, integ: Integration, creating: Sequence[queue.Claimed], live: Sequence[queue.Claimed]
+    ) -> None:
+        """Record, before the calls, what a dead worker may leave done but unrecorded (see the
+        module docstring). Links of jobs this worker no longer holds are left alone."""
+        if not creating and not live:
+            return
+        assert integ.id is not None
+        with self.store.write() as session:
+            for item, create in [(i, False) for i in live] + [(i, True) for i in creating]:
+                assert item.job.id is not None
+                if queue.owned(session, item.job.id, self.owner) is None:
+                    continue
+                link = session.get(EventLink, (integ.id, item.visit.id))
+                if create:
+                    link = link or EventLink(integration_id=integ.id, visit_id=item.visit.id)
+                    if link.external_id is not None:
+                        continue
+                    link.calendar_id, link.content_hash = integ.calendar_id, PENDING_CREATE
+                elif link is not None and link.external_id is not None:
+                    link.content_hash = None
+                else:
+                    continue
+                session.add(link)
+
+    async def _recover(
+        self,
+        provider: CalendarProvider,
+        integ: Integration,
+        items: Sequence[queue.Claimed],
+        outcomes: dict[int, Outcome | BaseException],
+    ) -> None:
+        """Remove what a dead worker's create may have made for visits that no longer belong:
+        create on the same key (idempotent: the same event, or a new one) and delete that."""
+        link_url = self.settings.visit_link
+        for cal in sorted({str(i.link.calendar_id or integ.calendar_id) for i in items if i.link}):
+            batch = [
+                i for i in items if i.link and (i.link.calendar_id or integ.calendar_id) == cal
+            ]
+            made = await provider.batch(
+                cal,
+                [
+                    Operation("create", event=render(
+                        i.visit, i.practice, integ, generation=self._generation(integ, i.link),
+                        visit_link=link_url(i.visit.id),
+                    ).event)
+                    for i in batch
+                ],
+            )  # fmt: skip
+            to_delete: list[tuple[queue.Claimed, str]] = []
+            for item, result in zip(batch, made, strict=True):
+                assert item.job.id is not None
+                if result.error is None and result.event_id is not None:
+                    to_delete.append((item, result.event_id))
+                elif isinstance(result.error, NotFound | Gone):  # no such calendar any more
+                    outcomes[item.job.id] = Outcome("deleted", calendar_id=cal)
+                else:
+                    outcomes[item.job.id] = result.error or RuntimeError("no event id")
+            gone = await provider.batch(
+                cal, [Operation("delete", event_id=event_id) for _, event_id in to_delete]
+            ) if to_delete else []  # fmt: skip
+            for (item, _), result in zip(to_delete, gone, strict=True):
+                assert item.job.id is not None
+                if result.error is None or isinstance(result.error, NotFound | Gone):
+                    outcomes[item.job.id] = Outcome("deleted", calendar_id=cal)
+                else:
+                    outcomes[item.job.id] = result.error
+
+    async def _refresh_repeats(
+        self,
+        provider: CalendarProvider,
+        calendar: str,
+        creates: Sequence[tuple[queue.Claimed, Rendered]],
+        repeats: set[int],
+        outcomes: dict[int, Outcome | BaseException],
+    ) -> None:
+        todo = [
+            (item, rendered, outcome)
+            for item, rendered in creates
+            if item.job.id in repeats
+            and isinstance(outcome := outcomes.get(item.job.id), Outcome)
+            and outcome.external_id is not None
+        ]
+        if not todo:
+            return
+        results = await provider.batch(
+            calendar,
+            [Operation("update", event=r.event, event_id=o.external_id) for _, r, o in todo],
+        )
+        for (item, _rendered, _outcome), result in zip(todo, results, strict=True):
+            if result.error is not None:
+                outcomes[item.job.id] = result.error  # type: ignore[index]
 
     # ----------------------------------------------------------------- completion
 
