@@ -393,3 +393,38 @@ def test_sweep_keeps_quiet_connections_alive(env: Env, app: str) -> None:
     out = asyncio.run(keep_alive(env.store, env.settings, now=later + timedelta(days=30)))
     assert out["reauth_needed"] == [iid]
     assert core.status_rows(env.store, iid)[0]["status"] == "Error"
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_sync_watch_stops_cleanly_on_a_signal(env: Env, sig: str) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from datetime import UTC, datetime
+
+    env.clock.now = datetime.now(UTC) - timedelta(minutes=1)  # the subprocess runs on real time
+    connect(env, "google")
+    env.import_visits([visit("a")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calsync_cli", "sync", "--watch", "--interval", "0.2", "--json"],
+        env={**os.environ, **env.sb.env(), "CALSYNC_DB_URL": env.settings.db_url},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not env.events("google") and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the sandbox, not waiting on a clock
+        assert env.events("google"), "the watcher pushed nothing"
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["totals"]["pushed"] == 1
+    with env.store.read() as s:
+        assert all(j.lease_owner is None for j in s.exec(select(Job)))
