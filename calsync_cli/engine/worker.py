@@ -35,6 +35,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+from sqlmodel import col, select
+
 from calsync_cli.config import Settings
 from calsync_cli.engine.render import Rendered, render
 from calsync_cli.errors import CalsyncError
@@ -49,7 +52,7 @@ from calsync_cli.providers.base import (
 )
 from calsync_cli.store import audit, jobs, queue
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import EventLink, Integration
+from calsync_cli.store.models import JOB_RUNNING, EventLink, Integration, Job
 
 RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=4), timedelta(minutes=16),
                 timedelta(hours=1), timedelta(hours=1))  # fmt: skip
@@ -142,6 +145,24 @@ def _one_line(exc: BaseException) -> str:
     else:
         text = f"unexpected {type(exc).__name__}"
     return " ".join(str(text).split())[:300]
+
+
+def _prefetch(session: Any, integration_id: int, items: Sequence[queue.Claimed]) -> list[Any]:
+    """Load the items' jobs and links in a few queries, so that the per-item ``session.get``
+    calls that follow are answered from the session's identity map instead of one query (and one
+    autoflush) each. The identity map holds its objects weakly: keep the answer while they are
+    used."""
+    loaded: list[Any] = []
+    for first in range(0, len(items), 500):
+        chunk = items[first : first + 500]
+        loaded += session.exec(select(Job).where(col(Job.id).in_([i.job.id for i in chunk])))
+        loaded += session.exec(
+            select(EventLink).where(
+                EventLink.integration_id == integration_id,
+                col(EventLink.visit_id).in_([i.visit.id for i in chunk]),
+            )
+        )
+    return loaded
 
 
 class Worker:
@@ -250,7 +271,9 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - the whole integration failed this round
             for item in items:
                 outcomes.setdefault(item.job.id, exc)  # type: ignore[arg-type]
-        return self._complete(integ, items, outcomes)
+        # The store work runs in a thread: the event loop keeps the other integrations' calls
+        # moving meanwhile (a blocking completion of 200 jobs stalled every batch in flight).
+        return await asyncio.to_thread(self._complete, integ, items, outcomes)
 
     def _generation(self, integ: Integration, link: EventLink | None, bump: bool = False) -> int:
         # Google keeps a deleted event's id (a re-create restores it), so its key never changes;
@@ -306,7 +329,8 @@ class Worker:
             else:
                 outcomes[job_id] = Outcome("skipped")
 
-        self._write_ahead(
+        await asyncio.to_thread(
+            self._write_ahead,
             integ,
             [c[0] for c in creates],
             [u[0] for u in updates] + [m[0] for m in moves] + [d[0] for d in deletes],
@@ -413,22 +437,49 @@ class Worker:
         if not creating and not live:
             return
         assert integ.id is not None
-        with self.store.write() as session:
-            for item, create in [(i, False) for i in live] + [(i, True) for i in creating]:
-                assert item.job.id is not None
-                if queue.owned(session, item.job.id, self.owner) is None:
-                    continue
-                link = session.get(EventLink, (integ.id, item.visit.id))
-                if create:
-                    link = link or EventLink(integration_id=integ.id, visit_id=item.visit.id)
-                    if link.external_id is not None:
-                        continue
-                    link.calendar_id, link.content_hash = integ.calendar_id, PENDING_CREATE
-                elif link is not None and link.external_id is not None:
-                    link.content_hash = None
-                else:
-                    continue
-                session.add(link)
+        iid, jobs_ids = integ.id, [i.job.id for i in [*live, *creating]]
+        links = EventLink.__table__  # type: ignore[attr-defined]
+        with self.store.write() as session:  # a few set-based statements: this is on the clock
+            held = set(
+                session.exec(
+                    select(Job.visit_id).where(
+                        col(Job.id).in_(jobs_ids),
+                        Job.state == JOB_RUNNING,
+                        Job.lease_owner == self.owner,
+                    )
+                )
+            )
+            touched = [i.visit.id for i in live if i.visit.id in held]
+            if touched:
+                session.execute(
+                    sa.update(links)
+                    .where(links.c.integration_id == iid, links.c.visit_id.in_(touched))
+                    .where(links.c.external_id.is_not(None))
+                    .values(content_hash=None)
+                )
+            created = [i.visit.id for i in creating if i.visit.id in held]
+            if created:
+                known = set(
+                    session.exec(
+                        select(EventLink.visit_id).where(
+                            EventLink.integration_id == iid, col(EventLink.visit_id).in_(created)
+                        )
+                    )
+                )
+                session.execute(
+                    sa.update(links)
+                    .where(links.c.integration_id == iid, links.c.visit_id.in_(known))
+                    .where(links.c.external_id.is_(None))
+                    .values(calendar_id=integ.calendar_id, content_hash=PENDING_CREATE)
+                )
+                fresh = [
+                    {"integration_id": iid, "visit_id": v, "external_id": None,
+                     "calendar_id": integ.calendar_id, "content_hash": PENDING_CREATE,
+                     "generation": 0, "synced_at": None}
+                    for v in created if v not in known
+                ]  # fmt: skip
+                if fresh:
+                    session.execute(sa.insert(links), fresh)
 
     async def _recover(
         self,
@@ -512,6 +563,7 @@ class Worker:
         success = False
         last_error: str | None = None
         with self.store.write() as session:
+            loaded = _prefetch(session, integ.id, items)  # noqa: F841 - kept alive on purpose
             for item in items:
                 assert item.job.id is not None
                 job = queue.owned(session, item.job.id, self.owner)
