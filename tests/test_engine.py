@@ -428,3 +428,25 @@ def test_sync_watch_stops_cleanly_on_a_signal(env: Env, sig: str) -> None:
     assert json.loads(out)["totals"]["pushed"] == 1
     with env.store.read() as s:
         assert all(j.lease_owner is None for j in s.exec(select(Job)))
+
+
+def test_sweep_queues_a_pending_create_of_a_visit_that_no_longer_belongs(env: Env) -> None:
+    from calsync_cli.engine.sweep import sweep
+    from calsync_cli.engine.worker import PENDING_CREATE
+    from calsync_cli.store.models import EventLink
+
+    iid = connect(env, "google")
+    env.import_visits([visit("a", status="cancelled")])  # first seen cancelled: nothing queued
+    with env.store.write() as s:  # as a worker killed mid-create would leave it
+        s.add(
+            EventLink(
+                integration_id=iid,
+                visit_id="a",
+                calendar_id=env.calendar("google"),
+                content_hash=PENDING_CREATE,
+            )
+        )
+    out = sweep(env.store, env.settings, now=env.clock(), lookback=timedelta(hours=24))
+    assert out["queued"] == 1
+    env.sync()
+    assert env.events("google") == []

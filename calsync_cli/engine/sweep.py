@@ -17,6 +17,7 @@ from sqlmodel import col, select
 
 from calsync_cli.config import Settings
 from calsync_cli.engine.render import render
+from calsync_cli.engine.worker import PENDING_CREATE
 from calsync_cli.errors import InputError
 from calsync_cli.store import jobs
 from calsync_cli.store.db import Store
@@ -68,7 +69,10 @@ def sweep(
                 if (integ.id, visit.id) in live:
                     continue
                 link = links.get(visit.id)
-                on_calendar = link is not None and link.external_id is not None
+                # a create a dead worker may have landed counts as on the calendar
+                on_calendar = link is not None and (
+                    link.external_id is not None or link.content_hash == PENDING_CREATE
+                )
                 belongs = visit.status != "cancelled" and jobs.matches(
                     integ, visit.practice_id, visit.provider_id
                 )
