@@ -337,3 +337,23 @@ def test_status_fast_path_matches_the_store(tmp_path: Path) -> None:
     assert quick.status_rows(url, patel) == core.status_rows(store, patel)
     assert quick.status_rows(url, 99) is None
     store.close()
+
+
+def test_version_1_database_is_upgraded_in_place(db_url: str, tmp_path: Path) -> None:
+    """A database written by the first release (no job-count index, version 1) keeps its data
+    and gains the index when a newer calsync opens it."""
+    s = Store(db_url)
+    seed(s, tmp_path)
+    with s.write() as session:  # what a version-1 database looked like
+        session.execute(sa.text("DROP INDEX ix_job_integration_state"))
+        session.execute(sa.text("UPDATE calsync_meta SET value = '1' WHERE key = 'schema_version'"))
+    s.close()
+    s = Store(db_url)
+    with s.read() as session:
+        version = session.execute(
+            sa.text("SELECT value FROM calsync_meta WHERE key = 'schema_version'")
+        ).scalar()
+        indexes = {ix["name"] for ix in sa.inspect(session.connection()).get_indexes("job")}
+        assert version == "2" and "ix_job_integration_state" in indexes
+        assert len(core.store_counts(s)) == 3 and core.store_counts(s)["practices"] == 2
+    s.close()

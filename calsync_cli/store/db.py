@@ -30,8 +30,16 @@ from calsync_cli.store.models import SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 30_000
 
+
+def _v2_job_counts_index(conn: Connection) -> None:
+    """``status`` counts jobs per integration and state; index it (a covering index scan)."""
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_job_integration_state ON job (integration_id, state)"
+    )
+
+
 #: version reached -> step that upgrades from the version before it
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_job_counts_index}
 
 
 def _sqlite_path(url: sa.URL) -> Path | None:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 VISIT_STATUSES = ("scheduled", "confirmed", "checked_in", "completed", "no_show", "cancelled")
 DIRECTIONS = ("push", "pull", "two-way")
@@ -154,6 +154,8 @@ class Job(SQLModel, table=True):
             postgresql_where=sa.text("state IN ('queued', 'running', 'held')"),
         ),
         sa.Index("ix_job_due", "state", "next_attempt_at"),
+        # status counts jobs per integration and state: a covering index scan (v2)
+        sa.Index("ix_job_integration_state", "integration_id", "state"),
     )
     id: int | None = Field(default=None, primary_key=True)
     integration_id: int = Field(foreign_key="integration.id", index=True)

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 #: kept equal to models.SCHEMA_VERSION by a test (importing models here would defeat the purpose)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LIVE = ("queued", "running", "held")
 
 
