@@ -71,8 +71,10 @@ def status_rows(url: str, integration_id: int | None = None) -> list[dict[str, A
             return None  # the full path raises the proper "no integration" error
         counts: dict[tuple[int, str], int] = {}
         for iid, state, n in conn.execute(
+            # "+state" keeps SQLite from filtering through ix_job_due (state, next_attempt_at):
+            # a scan of the covering ix_job_integration_state is ~3x faster at 100k jobs.
             "SELECT integration_id, state, count(*) FROM job"
-            " WHERE state IN ('queued', 'running', 'held', 'failed')"
+            " WHERE +state IN ('queued', 'running', 'held', 'failed')"
             " GROUP BY integration_id, state"
         ):
             counts[(iid, state)] = n
