@@ -146,13 +146,6 @@ def test_unknown_integration_and_bad_usage_exit_2(seeded: Path) -> None:
     assert run("filters", "set", "1", "--practice", "main", "--all-practices").exit_code == 2
 
 
-def test_unbuilt_commands_say_so_with_exit_1() -> None:
-    for args in (["sweep"], ["conflicts"]):
-        result = run(*args)
-        if result.exit_code == 1 and "not available" in result.stderr:
-            assert len(result.stderr.strip().splitlines()) == 1
-
-
 def test_bad_config_file_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("colour = 'blue'\n")
