@@ -10,8 +10,7 @@
     ├── StoreError                    exit 1  the database could not be opened or upgraded
     ├── KeyringError                  exit 1  no usable keyring, or it timed out
     ├── AuthError                     exit 1  the OAuth sign-in failed (denied, timeout, bad state)
-    ├── ReauthRequired                exit 4  the integration must be connected again
-    └── NotImplementedYet             exit 1  a command whose feature is not built yet
+    └── ReauthRequired                exit 4  the integration must be connected again
 
 Every exception carries a one-line ``message`` and, where there is one, a ``hint``: the command
 or setting that fixes it. The CLI's single error mapper (``calsync_cli.cli.output``) renders
@@ -78,7 +77,3 @@ class ReauthRequired(CalsyncError):
     """The integration's grant is gone; the user must run ``calsync connect`` again (exit 4)."""
 
     exit_code = 4
-
-
-class NotImplementedYet(CalsyncError):
-    """A command that a later release builds."""
