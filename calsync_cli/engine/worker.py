@@ -283,6 +283,15 @@ class Worker:
         base = link.generation if link else 0
         return base + 1 if bump else base
 
+    def _render(self, integ: Integration, item: queue.Claimed, *, bump: bool = False) -> Rendered:
+        """The event ``item``'s visit should be on ``integ``'s calendar; ``bump`` takes the next
+        generation (a create after a delete)."""
+        return render(
+            item.visit, item.practice, integ,
+            generation=self._generation(integ, item.link, bump=bump),
+            visit_link=self.settings.visit_link(item.visit.id),
+        )  # fmt: skip
+
     async def _push(
         self,
         provider: CalendarProvider,
@@ -292,7 +301,6 @@ class Worker:
     ) -> None:
         calendar = integ.calendar_id
         assert calendar is not None
-        link_url = self.settings.visit_link
         creates: list[tuple[queue.Claimed, Rendered]] = []
         updates: list[tuple[queue.Claimed, Rendered]] = []
         deletes: list[tuple[queue.Claimed, str, str]] = []  # item, calendar, event id
@@ -308,10 +316,7 @@ class Worker:
             live = link is not None and link.external_id is not None
             pending = link is not None and not live and link.content_hash == PENDING_CREATE
             if belongs:
-                rendered = render(
-                    visit, item.practice, integ,
-                    generation=self._generation(integ, link), visit_link=link_url(visit.id),
-                )  # fmt: skip
+                rendered = self._render(integ, item)
                 if not live:
                     creates.append((item, rendered))
                     if pending:
@@ -348,12 +353,7 @@ class Worker:
                 if result.error is not None and not isinstance(result.error, NotFound | Gone):
                     outcomes[item.job.id] = result.error  # type: ignore[index]
                 else:
-                    fresh = render(
-                        item.visit, item.practice, integ,
-                        generation=self._generation(integ, item.link, bump=True),
-                        visit_link=link_url(item.visit.id),
-                    )  # fmt: skip
-                    creates.append((item, fresh))
+                    creates.append((item, self._render(integ, item, bump=True)))
 
         ops: list[Operation] = []
         kinds: list[tuple[str, queue.Claimed, Rendered | None]] = []
@@ -384,13 +384,7 @@ class Worker:
                 outcomes[job_id] = Outcome("deleted", calendar_id=calendar)
             elif kind == "updated" and isinstance(error, NotFound | Gone):
                 # deleted outside calsync: create it again
-                recreate.append(
-                    (item, render(
-                        item.visit, item.practice, integ,
-                        generation=self._generation(integ, item.link, bump=True),
-                        visit_link=link_url(item.visit.id),
-                    ))
-                )  # fmt: skip
+                recreate.append((item, self._render(integ, item, bump=True)))
             else:
                 outcomes[job_id] = error
         if integ.app != "google":
@@ -490,7 +484,6 @@ class Worker:
     ) -> None:
         """Remove what a dead worker's create may have made for visits that no longer belong:
         create on the same key (idempotent: the same event, or a new one) and delete that."""
-        link_url = self.settings.visit_link
         for cal in sorted({str(i.link.calendar_id or integ.calendar_id) for i in items if i.link}):
             batch = [
                 i for i in items if i.link and (i.link.calendar_id or integ.calendar_id) == cal
@@ -498,10 +491,7 @@ class Worker:
             made = await provider.batch(
                 cal,
                 [
-                    Operation("create", event=render(
-                        i.visit, i.practice, integ, generation=self._generation(integ, i.link),
-                        visit_link=link_url(i.visit.id),
-                    ).event)
+                    Operation("create", event=self._render(integ, i).event)
                     for i in batch
                 ],
             )  # fmt: skip
