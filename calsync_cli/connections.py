@@ -435,13 +435,6 @@ def _store_connection(
 # -- calendars --------------------------------------------------------------------------------
 
 
-def _refuse_disconnected(ref: IntegrationRef) -> None:
-    if ref.status == "Disconnected":
-        raise InputError(
-            f"integration {ref.id} is disconnected", hint=f"Reconnect it first: {ref.reconnect}"
-        )
-
-
 def mark_reconnect_needed(store: Store, ref: IntegrationRef, *, now: datetime) -> None:
     """Set the integration to Error "reconnect needed: <command>" (the grant is gone)."""
     with store.write() as session:
@@ -486,7 +479,7 @@ def list_calendars(
 ) -> tuple[IntegrationRef, list[Calendar]]:
     """The account's calendars, read live from the provider."""
     ref = load(store, integration_id)
-    _refuse_disconnected(ref)
+    integrations.refuse_disconnected(ref.id, ref.status, ref.app, ref.provider_id)
     oauth_app(ref.app, settings)  # ConfigError before any network
     calendars = _with_provider(settings, store, ref, lambda p: p.list_calendars(), now=now)
     return ref, calendars
@@ -519,7 +512,8 @@ def select_calendar(
     at = now()
     with store.write() as session:
         integ = integrations.get(session, integration_id)
-        _refuse_disconnected(IntegrationRef.of(integ))
+        assert integ.id is not None
+        integrations.refuse_disconnected(integ.id, integ.status, integ.app, integ.provider_id)
         previous = integ.calendar_id
         was_active = integ.status == "Active"
         integ.calendar_id, integ.calendar_name = cal.id, cal.name

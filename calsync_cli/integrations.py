@@ -40,6 +40,15 @@ def get(session: Session, integration_id: int) -> Integration:
     return integ
 
 
+def refuse_disconnected(integration_id: int, status: str, app: str, provider_id: str) -> None:
+    """The one refusal for commands that need a connected integration."""
+    if status == "Disconnected":
+        raise InputError(
+            f"integration {integration_id} is disconnected",
+            hint=f"Reconnect it first: calsync connect {app} --provider {provider_id}",
+        )
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -144,11 +153,7 @@ def set_filters(
         )
     with store.write() as session:
         integ = get(session, integration_id)
-        if integ.status == "Disconnected":
-            raise InputError(
-                f"integration {integration_id} is disconnected",
-                hint=f"Reconnect it first: calsync connect {integ.app} --provider {integ.provider_id}",
-            )
+        refuse_disconnected(integration_id, integ.status, integ.app, integ.provider_id)
         for ids, model, label in (
             (change.practices, Practice, "practice"),
             (change.providers, Provider, "provider"),
@@ -246,11 +251,7 @@ def toggle(
     """
     with store.write() as session:
         integ = get(session, integration_id)
-        if integ.status == "Disconnected":
-            raise InputError(
-                f"integration {integration_id} is disconnected",
-                hint=f"Reconnect it: calsync connect {integ.app} --provider {integ.provider_id}",
-            )
+        refuse_disconnected(integration_id, integ.status, integ.app, integ.provider_id)
         target = (not integ.paused) if pause is None else pause
         if target != integ.paused:
             integ.paused = target
