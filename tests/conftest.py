@@ -92,6 +92,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def env(tmp_path: Path) -> Iterator[object]:
+    """A sandbox over loopback, a SQLite store seeded with practices and providers, and the
+    settings that point calsync at both (see tests/engine_support.py)."""
+    from calsync_cli.sandbox import Sandbox
+    from tests.engine_support import make_env
+
+    with Sandbox(port=0, auto_approve=True) as sb:
+        e = make_env(tmp_path, sb)
+        yield e
+        e.store.close()
+
+
+@pytest.fixture
 def store(db_url: str) -> Iterator[object]:
     from calsync_cli.store.db import Store
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,20 +10,11 @@ from sqlmodel import select
 
 from calsync_cli import integrations as core
 from calsync_cli.engine.render import format_name
-from calsync_cli.sandbox import Sandbox
 from calsync_cli.store.models import AuditEntry, Job
 from tests.conftest import visit
-from tests.engine_support import EMAILS, Env, connect, make_env
+from tests.engine_support import EMAILS, Env, connect
 
 APPS = ["google", "outlook"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with Sandbox(port=0, auto_approve=True) as sb:
-        e = make_env(tmp_path, sb)
-        yield e
-        e.store.close()
 
 
 def title(app: str, event: dict) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from calsync_cli.sandbox import Sandbox
 from calsync_cli.store import queue
 from calsync_cli.store.models import Job
 from tests.conftest import visit
-from tests.engine_support import Env, connect, make_env
+from tests.engine_support import Env, connect
 from tests.sync_support import (
     calendar_problems,
     connect_both,
@@ -48,14 +47,6 @@ class DyingWorker(Worker):
 
     def _complete(self, *args: Any, **kwargs: Any) -> Any:
         raise Crash()
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with Sandbox(port=0, auto_approve=True) as sb:
-        e = make_env(tmp_path, sb)
-        yield e
-        e.store.close()
 
 
 def die_while_syncing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
