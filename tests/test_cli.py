@@ -200,3 +200,48 @@ def test_python_dash_m_and_version(tmp_path: Path) -> None:
         env=env,
     )
     assert out.returncode == 0 and json.loads(out.stdout) == {"integrations": []}
+
+
+def test_status_starts_without_pydantic_or_sqlalchemy(seeded: Path) -> None:
+    """The cold-start budget of `calsync status` (0.3 s) has no room for either import.
+
+    pydantic comes in through Typer's coercion of absent values (see
+    app._skip_coercion_of_absent_values); SQLAlchemy through any use of the ORM store.
+    """
+    make_integration()
+    write_jsonl(seeded / "more.jsonl", [visit("c")])
+    assert run("visits", "import", str(seeded / "more.jsonl")).exit_code == 0
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "calsync_cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["integrations"][0]["queued"] == 1
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines()}
+    assert "typer" in imported
+    assert not {m for m in imported if m.split(".")[0] in {"pydantic", "sqlalchemy", "sqlmodel"}}
+
+
+def test_absent_values_keep_typer_semantics() -> None:
+    """Skipping the coercer for absent values changes nothing a command can observe."""
+    seen: list[object] = []
+    demo = typer.Typer()
+
+    @demo.command()
+    def cmd(
+        name: str,
+        count: int | None = typer.Option(None, min=1, callback=lambda v: seen.append(v) or v),
+        tags: list[str] | None = typer.Option(None, "--tag"),
+    ) -> None:
+        seen.append((name, count, tags))
+
+    assert runner.invoke(demo, ["x"]).exit_code == 0
+    assert seen == [None, ("x", None, None)]  # the callback still sees the absent value
+    seen.clear()
+    assert runner.invoke(demo, ["x", "--count", "3", "--tag", "a"]).exit_code == 0
+    assert seen == [3, ("x", 3, ["a"])]  # given values are still coerced
+    assert runner.invoke(demo, ["x", "--count", "0"]).exit_code == 2  # and validated
+    missing = runner.invoke(demo, [])
+    assert missing.exit_code == 2 and "Missing argument" in missing.stderr
+    assert run("status", "0").exit_code == 2
