@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import typer.main
@@ -231,8 +232,10 @@ def test_absent_values_keep_typer_semantics() -> None:
     @demo.command()
     def cmd(
         name: str,
-        count: int | None = typer.Option(None, min=1, callback=lambda v: seen.append(v) or v),
-        tags: list[str] | None = typer.Option(None, "--tag"),
+        count: Annotated[
+            int | None, typer.Option(min=1, callback=lambda v: seen.append(v) or v)
+        ] = None,
+        tags: Annotated[list[str] | None, typer.Option("--tag")] = None,
     ) -> None:
         seen.append((name, count, tags))
 
