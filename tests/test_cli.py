@@ -224,27 +224,30 @@ def test_status_starts_without_pydantic_or_sqlalchemy(seeded: Path) -> None:
     assert not {m for m in imported if m.split(".")[0] in {"pydantic", "sqlalchemy", "sqlmodel"}}
 
 
+_seen: list[object] = []
+_coercion_demo = typer.Typer()
+
+
+@_coercion_demo.command()
+def _coercion_demo_cmd(
+    name: str,
+    count: Annotated[
+        int | None, typer.Option(min=1, callback=lambda v: _seen.append(v) or v)
+    ] = None,
+    tags: Annotated[list[str] | None, typer.Option("--tag")] = None,
+) -> None:
+    _seen.append((name, count, tags))
+
+
 def test_absent_values_keep_typer_semantics() -> None:
     """Skipping the coercer for absent values changes nothing a command can observe."""
-    seen: list[object] = []
-    demo = typer.Typer()
-
-    @demo.command()
-    def cmd(
-        name: str,
-        count: Annotated[
-            int | None, typer.Option(min=1, callback=lambda v: seen.append(v) or v)
-        ] = None,
-        tags: Annotated[list[str] | None, typer.Option("--tag")] = None,
-    ) -> None:
-        seen.append((name, count, tags))
-
-    assert runner.invoke(demo, ["x"]).exit_code == 0
-    assert seen == [None, ("x", None, None)]  # the callback still sees the absent value
-    seen.clear()
-    assert runner.invoke(demo, ["x", "--count", "3", "--tag", "a"]).exit_code == 0
-    assert seen == [3, ("x", 3, ["a"])]  # given values are still coerced
-    assert runner.invoke(demo, ["x", "--count", "0"]).exit_code == 2  # and validated
-    missing = runner.invoke(demo, [])
+    _seen.clear()
+    assert runner.invoke(_coercion_demo, ["x"]).exit_code == 0
+    assert _seen == [None, ("x", None, None)]  # the callback still sees the absent value
+    _seen.clear()
+    assert runner.invoke(_coercion_demo, ["x", "--count", "3", "--tag", "a"]).exit_code == 0
+    assert _seen == [3, ("x", 3, ["a"])]  # given values are still coerced
+    assert runner.invoke(_coercion_demo, ["x", "--count", "0"]).exit_code == 2  # and validated
+    missing = runner.invoke(_coercion_demo, [])
     assert missing.exit_code == 2 and "Missing argument" in missing.stderr
     assert run("status", "0").exit_code == 2
