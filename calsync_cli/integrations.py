@@ -17,6 +17,7 @@ from calsync_cli.store import audit, jobs
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import (
     DIRECTIONS,
+    JOB_DROPPED,
     JOB_FAILED,
     LIVE_JOB_STATES,
     NAME_FORMATS,
@@ -270,7 +271,7 @@ def drop_live_jobs(session: Session, integration_id: int, *, now: datetime, reas
         sa.update(table)
         .where(table.c.integration_id == integration_id, table.c.state.in_(LIVE_JOB_STATES))
         .values(
-            state="dropped", last_error=reason, updated_at=now, lease_owner=None, lease_until=None
+            state=JOB_DROPPED, last_error=reason, updated_at=now, lease_owner=None, lease_until=None
         )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

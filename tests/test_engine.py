@@ -248,6 +248,51 @@ def test_sweep_does_not_backfill_changes_made_while_paused(env: Env) -> None:
     )
 
 
+def test_a_failure_stops_counting_once_the_visit_syncs(env: Env) -> None:
+    from calsync_cli.engine.sweep import sweep
+
+    iid = connect(env, "google")
+    env.import_visits([visit("a"), visit("b")])
+    env.sb.faults("google", EMAILS["google"]).fail_next(1, status=400)  # fails at once
+    assert env.sync().integrations[iid].failed == 1
+    assert core.status_rows(env.store, iid)[0]["failed"] == 1
+    requeued = sweep(env.store, env.settings, now=env.clock(), lookback=timedelta(hours=24))
+    assert requeued["queued"] == 1  # the failed visit is not on the calendar
+    assert core.status_rows(env.store, iid)[0]["failed"] == 1  # until it gets there
+    assert env.sync().integrations[iid].pushed == 1
+    assert len(env.events("google")) == 2
+    assert core.status_rows(env.store, iid)[0]["failed"] == 0
+
+
+def test_sweep_prunes_jobs_finished_over_a_week_ago(env: Env) -> None:
+    from calsync_cli.engine.sweep import sweep
+    from calsync_cli.store.queue import FINISHED_RETENTION
+
+    iid = connect(env, "google")
+
+    def states() -> list[tuple[str, str]]:
+        with env.store.read() as s:
+            return sorted((j.visit_id, j.state) for j in s.exec(select(Job)))
+
+    def run_sweep() -> int:
+        lookback = timedelta(hours=1)  # nothing to re-queue: this test is about pruning
+        return int(sweep(env.store, env.settings, now=env.clock(), lookback=lookback)["pruned"])
+
+    env.import_visits([visit("a"), visit("b")])
+    env.sync()
+    env.clock.advance(days=3)
+    assert run_sweep() == 0  # done three days ago: kept
+    env.import_visits([visit("c")], "v2.jsonl")
+    env.sb.faults("google", EMAILS["google"]).fail_next(1, status=400)
+    assert env.sync().integrations[iid].failed == 1
+    env.clock.now = env.clock() - timedelta(days=3) + FINISHED_RETENTION + timedelta(minutes=1)
+    assert run_sweep() == 2  # a and b finished over a week ago
+    assert states() == [("c", "failed")]  # a failure is kept: status reports it
+    env.clock.advance(days=30)
+    assert run_sweep() == 0 and states() == [("c", "failed")]
+    assert len(env.events("google")) == 2  # pruning jobs touches no event
+
+
 def test_duration_parsing() -> None:
     from calsync_cli.engine.sweep import parse_duration
     from calsync_cli.errors import InputError

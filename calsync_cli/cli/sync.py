@@ -150,7 +150,7 @@ def sweep(
     a cancelled visit whose event is still there) and have no queued work. Changes made while
     an integration was paused are never backfilled. Safe to run while 'calsync sync' runs.
 
-    It also keeps quiet connections alive: refresh tokens die unused (Microsoft after 90 days,
+    It prunes finished jobs older than a week, and keeps quiet connections alive: refresh tokens die unused (Microsoft after 90 days,
     Google after six months), so it refreshes the sign-in of any integration idle for a week.
     Exits 4 when an integration needs signing in again.
     """
@@ -169,6 +169,8 @@ def sweep(
         output.say(
             f"Checked {data['checked']} recent visit changes; queued {data['queued']} for sync."
         )
+        if data["pruned"]:
+            output.say(f"Pruned {data['pruned']} jobs finished over a week ago.")
         tokens = data["tokens"]
         if tokens["refreshed"]:
             output.say(

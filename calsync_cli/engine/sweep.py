@@ -4,7 +4,8 @@ It looks at visits changed within the look-back (and, per integration, only sinc
 active or was last resumed: what changed while paused is never backfilled), renders each for
 every pushing integration it belongs to, and queues it when there is no live job and the
 event is missing, stale, on another calendar, or still there for a cancelled visit. Idempotent,
-and safe while ``sync`` runs (it only inserts coalesced jobs).
+and safe while ``sync`` runs (it only inserts coalesced jobs). It also prunes jobs that
+finished more than ``queue.FINISHED_RETENTION`` ago, so the outbox does not grow forever.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from calsync_cli.config import Settings
 from calsync_cli.engine.render import render
 from calsync_cli.engine.worker import PENDING_CREATE
 from calsync_cli.errors import InputError
-from calsync_cli.store import jobs
+from calsync_cli.store import jobs, queue
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import EventLink, Practice, Visit
 
@@ -93,9 +94,11 @@ def sweep(
             queued += n
             if n:
                 per_integration[integ.id] = n
+        pruned = queue.prune(session, before=now - queue.FINISHED_RETENTION)
     return {
         "lookback_seconds": int(lookback.total_seconds()),
         "checked": checked,
         "queued": queued,
+        "pruned": pruned,
         "integrations": [{"id": k, "queued": v} for k, v in sorted(per_integration.items())],
     }

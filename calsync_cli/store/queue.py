@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from calsync_cli.store.models import (
     JOB_DONE,
+    JOB_DROPPED,
     JOB_FAILED,
     JOB_HELD,
     JOB_QUEUED,
@@ -30,6 +31,8 @@ from calsync_cli.store.models import (
 )
 
 REAUTH_PREFIX = "reconnect needed"
+#: how long finished jobs (done, or dropped by a disconnect) are kept before the sweep prunes them
+FINISHED_RETENTION = timedelta(days=7)
 
 
 @dataclass
@@ -124,7 +127,20 @@ def owned(session: Session, job_id: int, owner: str) -> Job | None:
 
 
 def finish(session: Session, job: Job, *, now: datetime) -> None:
-    """Done, or back to the queue at once when the visit changed while it ran."""
+    """Done, or back to the queue at once when the visit changed while it ran.
+
+    Done means the visit is on the calendar as it should be, so an earlier failed job for the
+    same visit and integration is no longer a problem to report: it is deleted.
+    """
+    if not job.dirty:
+        table = Job.__table__  # type: ignore[attr-defined]
+        session.execute(
+            sa.delete(table).where(
+                table.c.integration_id == job.integration_id,
+                table.c.visit_id == job.visit_id,
+                table.c.state == JOB_FAILED,
+            )
+        )
     job.state = JOB_QUEUED if job.dirty else JOB_DONE
     job.next_attempt_at = now
     job.attempts = 0 if job.dirty else job.attempts
@@ -164,5 +180,20 @@ def release(session: Session, owner: str, *, now: datetime) -> int:
         sa.update(table)
         .where(table.c.state == JOB_RUNNING, table.c.lease_owner == owner)
         .values(state=JOB_QUEUED, lease_owner=None, lease_until=None, updated_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def prune(session: Session, *, before: datetime) -> int:
+    """Delete jobs that finished (done, or dropped by a disconnect) before ``before``.
+
+    Failed jobs stay until their visit syncs (see ``finish``): they are what ``calsync status``
+    reports as failed.
+    """
+    table = Job.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.delete(table).where(
+            table.c.state.in_((JOB_DONE, JOB_DROPPED)), table.c.updated_at < before
+        )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
