@@ -146,6 +146,23 @@ def test_demo_ignores_the_users_settings(
     assert files_under(tmp_path / "home") == [config]
 
 
+def test_demo_works_with_a_proxy_in_the_environment(
+    tmp_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loopback traffic never goes through HTTP(S)_PROXY: a proxy cannot reach our 127.0.0.1."""
+    with socket.socket() as dead:  # bound, never listening: every connection is refused
+        dead.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy)
+            monkeypatch.setenv(name.lower(), proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        result = runner.invoke(app, ["demo", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["events"]) > 0
+
+
 def test_demo_failure_cleans_up(tmp_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = keyring.get_keyring()
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx2
 
 from calsync_cli.auth.apps import oauth_app
-from calsync_cli.auth.oauth import KeyringTokenSource
+from calsync_cli.auth.oauth import KeyringTokenSource, client_options
 from calsync_cli.auth.tokens import TokenStore
 from calsync_cli.config import Settings
 from calsync_cli.providers.base import CalendarProvider
@@ -23,7 +23,7 @@ def http_client(max_connections: int = 100) -> httpx2.AsyncClient:
     limits = httpx2.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx2.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits)
+    return httpx2.AsyncClient(limits=limits, **client_options(timeout=HTTP_TIMEOUT))
 
 
 def token_source(

@@ -33,6 +33,22 @@ from calsync_cli.providers.base import (
 #: seconds before expiry at which an access token counts as expired
 REFRESH_LEEWAY = 60.0
 HTTP_TIMEOUT = 30.0
+#: loopback (the sandbox, ``calsync demo``) is reached directly, never through a proxy named in
+#: HTTP(S)_PROXY / ALL_PROXY: a corporate proxy cannot reach this machine's 127.0.0.1. Real
+#: providers still go through the proxy. (httpx2 mounts; None means "no proxy".)
+DIRECT_LOOPBACK: dict[str, None] = {
+    "all://127.0.0.1": None,
+    "all://localhost": None,
+    "all://[::1]": None,
+}
+
+
+def client_options(transport: Any = None, timeout: Any = HTTP_TIMEOUT) -> dict[str, Any]:
+    """Keyword arguments for every httpx2 client calsync makes (Authlib's included)."""
+    options: dict[str, Any] = {"timeout": timeout, "mounts": DIRECT_LOOPBACK}
+    if transport is not None:
+        options["transport"] = transport
+    return options
 
 MICROSOFT_CONSENT_PAGES = (
     "https://account.live.com/consent/Manage (personal account) or "
@@ -136,9 +152,6 @@ def sign_in(
 
 
 def _sync_client(app: OAuthApp, redirect_uri: str, transport: httpx2.BaseTransport | None) -> Any:
-    kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
-    if transport is not None:
-        kwargs["transport"] = transport
     return OAuth2Client(
         client_id=app.client_id,
         client_secret=app.client_secret,
@@ -146,7 +159,7 @@ def _sync_client(app: OAuthApp, redirect_uri: str, transport: httpx2.BaseTranspo
         scope=app.scope,
         redirect_uri=redirect_uri,
         code_challenge_method="S256",
-        **kwargs,
+        **client_options(transport),
     )
 
 
@@ -260,9 +273,6 @@ class KeyringTokenSource(TokenSource):
         return fresh
 
     async def _call_token_endpoint(self, refresh_token: str) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
-        if self._transport is not None:
-            kwargs["transport"] = self._transport
         title = self.app.title
         try:
             async with AsyncOAuth2Client(
@@ -271,7 +281,7 @@ class KeyringTokenSource(TokenSource):
                 token_endpoint_auth_method=self.app.token_endpoint_auth_method,
                 # a refresh asks for the same scopes as the sign-in
                 scope=self.app.scope,
-                **kwargs,
+                **client_options(self._transport),
             ) as client:
                 token = await client.refresh_token(self.app.token_url, refresh_token=refresh_token)
         except OAuthError as exc:
@@ -344,11 +354,8 @@ def revoke(
             "locally; to remove calsync's access, visit " + MICROSOFT_CONSENT_PAGES,
         )
     token = tokens.refresh_token or tokens.access_token
-    kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
-    if transport is not None:
-        kwargs["transport"] = transport
     try:
-        with httpx2.Client(**kwargs) as client:
+        with httpx2.Client(**client_options(transport)) as client:
             response = client.post(
                 app.revoke_url,
                 data={"token": token},
