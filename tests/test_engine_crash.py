@@ -137,6 +137,49 @@ def test_update_that_landed_then_reverted_shows_the_reverted_content(
     assert calendar_problems(env) == []
 
 
+def _move_to_clinic(env: Env, app: str) -> tuple[str, str]:
+    from calsync_cli import connections
+    from tests.engine_support import EMAILS
+
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    finish(env)
+    primary = env.calendar(app)
+    clinic = env.sb.account(app, EMAILS[app]).calendar_id("Clinic")
+    connections.select_calendar(env.settings, env.store, iid, clinic, now=env.clock)
+    return primary, clinic
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_move_that_landed_then_cancelled_leaves_no_event(
+    env: Env, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.engine_support import EMAILS
+
+    primary, clinic = _move_to_clinic(env, app)
+    die_while_syncing(env, monkeypatch)
+    assert env.sb.events(app, EMAILS[app], primary) == []  # moved, unrecorded
+    assert len(env.sb.events(app, EMAILS[app], clinic)) == 1
+    env.import_visits([visit("a", status="cancelled")], "v2.jsonl")
+    finish(env)
+    assert env.sb.events(app, EMAILS[app], clinic) == []
+    assert env.sb.events(app, EMAILS[app], primary) == []
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_move_that_landed_then_changed_shows_one_current_event(
+    env: Env, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.engine_support import EMAILS
+
+    primary, clinic = _move_to_clinic(env, app)
+    die_while_syncing(env, monkeypatch)
+    env.import_visits([visit("a", room="Room 9")], "v2.jsonl")
+    finish(env)
+    assert env.sb.events(app, EMAILS[app], primary) == []
+    assert calendar_problems(env) == []  # one event on the clinic calendar, showing Room 9
+
+
 RUNS = 14
 SEED = 20261124
 

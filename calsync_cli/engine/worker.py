@@ -13,7 +13,7 @@ Crash safety: before any call the worker writes ahead what it is about to do, so
 dies after its calls but before recording them leaves a link that cannot mislead the next one. A
 live link loses its content hash (the next run updates instead of skipping an unchanged visit:
 the event may show a newer edit, or be deleted already); a create leaves ``PENDING_CREATE`` on
-the link with the calendar it targets. The next run repeats a pending create on the same key (the
+the link with the calendar it targets, and so does a move once its old event is deleted. The next run repeats a pending create on the same key (the
 same event; on Graph, whose transactionId answers the existing event unchanged, it then updates
 it), or, when the visit no longer belongs there, creates and deletes it on that key, so nothing
 the dead worker made stays behind.
@@ -343,6 +343,7 @@ class Worker:
         await self._recover(provider, integ, recover, outcomes)
 
         # Moves: delete on the old calendar first, then create on the new one.
+        relocated: list[queue.Claimed] = []  # deleted on the old calendar, to create here
         for old_calendar in {lk.calendar_id for lk in (m[0].link for m in moves) if lk}:
             batch = [m for m in moves if m[0].link and m[0].link.calendar_id == old_calendar]
             results = await provider.batch(
@@ -354,6 +355,9 @@ class Worker:
                     outcomes[item.job.id] = result.error  # type: ignore[index]
                 else:
                     creates.append((item, self._render(integ, item, bump=True)))
+                    relocated.append(item)
+        if relocated:
+            await asyncio.to_thread(self._write_ahead_moves, integ, relocated)
 
         ops: list[Operation] = []
         kinds: list[tuple[str, queue.Claimed, Rendered | None]] = []
@@ -420,8 +424,8 @@ class Worker:
         for item, _rendered in creates:
             outcome = outcomes.get(item.job.id)  # type: ignore[arg-type]
             if isinstance(outcome, Outcome) and outcome.generation is None:
-                moved = any(m[0] is item for m in moves)
-                outcome.generation = self._generation(integ, item.link, bump=moved)
+                bump = any(r is item for r in relocated)
+                outcome.generation = self._generation(integ, item.link, bump=bump)
 
     def _write_ahead(
         self, integ: Integration, creating: Sequence[queue.Claimed], live: Sequence[queue.Claimed]
@@ -431,18 +435,10 @@ class Worker:
         if not creating and not live:
             return
         assert integ.id is not None
-        iid, jobs_ids = integ.id, [i.job.id for i in [*live, *creating]]
+        iid = integ.id
         links = EventLink.__table__  # type: ignore[attr-defined]
         with self.store.write() as session:  # a few set-based statements: this is on the clock
-            held = set(
-                session.exec(
-                    select(Job.visit_id).where(
-                        col(Job.id).in_(jobs_ids),
-                        Job.state == JOB_RUNNING,
-                        Job.lease_owner == self.owner,
-                    )
-                )
-            )
+            held = self._held(session, [*live, *creating])
             touched = [i.visit.id for i in live if i.visit.id in held]
             if touched:
                 session.execute(
@@ -474,6 +470,42 @@ class Worker:
                 ]  # fmt: skip
                 if fresh:
                     session.execute(sa.insert(links), fresh)
+
+    def _held(self, session: Any, items: Sequence[queue.Claimed]) -> set[str]:
+        """The visit ids of ``items`` whose jobs this worker still holds."""
+        return set(
+            session.exec(
+                select(Job.visit_id).where(
+                    col(Job.id).in_([i.job.id for i in items]),
+                    Job.state == JOB_RUNNING,
+                    Job.lease_owner == self.owner,
+                )
+            )
+        )
+
+    def _write_ahead_moves(self, integ: Integration, moved: Sequence[queue.Claimed]) -> None:
+        """A move's old event is gone; record its create on the new calendar as pending.
+
+        Between the delete on the old calendar and the create on the new one the link turns
+        into a pending create there (with the generation the create uses), so a worker that
+        dies after the create leaves what any pending create leaves: the next run repeats it on
+        the same key, or removes it when the visit no longer belongs there.
+        """
+        assert integ.id is not None
+        links = EventLink.__table__  # type: ignore[attr-defined]
+        with self.store.write() as session:
+            held = [i for i in moved if i.visit.id in self._held(session, moved)]
+            for item in held:
+                session.execute(
+                    sa.update(links)
+                    .where(links.c.integration_id == integ.id, links.c.visit_id == item.visit.id)
+                    .values(
+                        external_id=None,
+                        calendar_id=integ.calendar_id,
+                        content_hash=PENDING_CREATE,
+                        generation=self._generation(integ, item.link, bump=True),
+                    )
+                )
 
     async def _recover(
         self,
