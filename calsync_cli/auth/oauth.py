@@ -50,6 +50,7 @@ def client_options(transport: Any = None, timeout: Any = HTTP_TIMEOUT) -> dict[s
         options["transport"] = transport
     return options
 
+
 MICROSOFT_CONSENT_PAGES = (
     "https://account.live.com/consent/Manage (personal account) or "
     "https://myapplications.microsoft.com (work or school account)"
