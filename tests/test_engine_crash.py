@@ -168,6 +168,29 @@ def test_move_that_landed_then_changed_leaves_the_right_event(
     assert calendar_problems(env) == []
 
 
+@pytest.mark.parametrize("dies_again", [False, True], ids=["", "dies-mid-move"])
+@pytest.mark.parametrize("app", APPS)
+def test_create_that_landed_then_calendar_changed_moves_it(
+    env: Env, app: str, dies_again: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending create on the calendar the integration has left is removed there."""
+    from calsync_cli import connections
+    from tests.engine_support import EMAILS
+
+    iid = connect(env, app)
+    env.import_visits([visit("a")])
+    die_while_syncing(env, monkeypatch)
+    primary = env.calendar(app)
+    assert len(env.sb.events(app, EMAILS[app], primary)) == 1  # landed, unrecorded
+    clinic = env.sb.account(app, EMAILS[app]).calendar_id("Clinic")
+    connections.select_calendar(env.settings, env.store, iid, clinic, now=env.clock)
+    if dies_again:
+        die_while_syncing(env, monkeypatch)
+    finish(env)
+    assert env.sb.events(app, EMAILS[app], primary) == []
+    assert calendar_problems(env) == []  # one current event on the clinic calendar
+
+
 RUNS = 14
 SEED = 20261124
 

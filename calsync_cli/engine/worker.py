@@ -15,8 +15,9 @@ live link loses its content hash (the next run updates instead of skipping an un
 the event may show a newer edit, or be deleted already); a create leaves ``PENDING_CREATE`` on
 the link with the calendar it targets, and so does a move once its old event is deleted. The next run repeats a pending create on the same key (the
 same event; on Graph, whose transactionId answers the existing event unchanged, it then updates
-it), or, when the visit no longer belongs there, creates and deletes it on that key, so nothing
-the dead worker made stays behind.
+it), or, when the visit no longer belongs there or the integration has moved to another
+calendar since, creates and deletes it on that key, so nothing the dead worker made stays
+behind.
 
 Failures follow DESIGN.md's schedule: retried 1, 4, 16, 60 and 60 minutes later (up to 10%
 jitter; a longer Retry-After wins), then failed. A refused grant holds the integration's jobs
@@ -306,6 +307,8 @@ class Worker:
         deletes: list[tuple[queue.Claimed, str, str]] = []  # item, calendar, event id
         moves: list[tuple[queue.Claimed, Rendered]] = []
         recover: list[queue.Claimed] = []  # a dead worker's create may have landed: remove it
+        # ... on a calendar the integration has left since: remove it there, then create here
+        stranded: list[queue.Claimed] = []
         repeats: set[int] = set()  # job ids whose create repeats one that may have landed
         for item in items:
             job_id, visit, link = item.job.id, item.visit, item.link
@@ -317,7 +320,9 @@ class Worker:
             pending = link is not None and not live and link.content_hash == PENDING_CREATE
             if belongs:
                 rendered = self._render(integ, item)
-                if not live:
+                if pending and link is not None and link.calendar_id not in (None, calendar):
+                    stranded.append(item)
+                elif not live:
                     creates.append((item, rendered))
                     if pending:
                         repeats.add(job_id)
@@ -340,10 +345,15 @@ class Worker:
             [c[0] for c in creates],
             [u[0] for u in updates] + [m[0] for m in moves] + [d[0] for d in deletes],
         )
-        await self._recover(provider, integ, recover, outcomes)
+        await self._recover(provider, integ, [*recover, *stranded], outcomes)
+        relocated: list[queue.Claimed] = []  # gone from the old calendar, to create here
+        for item in stranded:
+            if isinstance(outcomes.get(item.job.id), Outcome):  # type: ignore[arg-type]
+                del outcomes[item.job.id]  # type: ignore[arg-type]
+                creates.append((item, self._render(integ, item, bump=True)))
+                relocated.append(item)
 
         # Moves: delete on the old calendar first, then create on the new one.
-        relocated: list[queue.Claimed] = []  # deleted on the old calendar, to create here
         for old_calendar in {lk.calendar_id for lk in (m[0].link for m in moves) if lk}:
             batch = [m for m in moves if m[0].link and m[0].link.calendar_id == old_calendar]
             results = await provider.batch(
