@@ -204,3 +204,27 @@ def test_a_pinned_backend_is_used_instead_of_the_global_one(tmp_path: Path) -> N
     store.put(5, sample())
     assert TokenStore().get(5) is None
     assert store.get(5) == sample()
+
+
+def test_concurrent_writes_of_different_integrations_are_all_kept(
+    keyring_backend: PlaintextKeyring,
+) -> None:
+    """Refreshes of several integrations in one run write the keyring at the same time; a file
+    backend (read the file, change one entry, write it back) must not lose any of them."""
+    store = TokenStore()
+    ids = range(1, 9)
+    start = threading.Barrier(len(ids))
+
+    def write(iid: int) -> None:
+        start.wait()
+        for round_ in range(15):
+            store.put(iid, sample(access_token=f"{iid}-{round_}"))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i: (t.access_token if (t := store.get(i)) else None) for i in ids} == {
+        i: f"{i}-14" for i in ids
+    }

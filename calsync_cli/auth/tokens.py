@@ -154,6 +154,12 @@ class Tokens:
         return replace(self, expires_at=expires_at)
 
 
+#: One keyring call at a time in this process. A sync run refreshes several integrations'
+#: tokens at once, and file backends (keyrings.alt, EncryptedKeyring) read the whole file, change
+#: one entry and write it back: two writes at once would lose one integration's rotated token.
+_KEYRING_LOCK = threading.Lock()
+
+
 def keyring_username(integration_id: int | str) -> str:
     return f"integration:{integration_id}"
 
@@ -222,7 +228,8 @@ class TokenStore:
             try:
                 backend = self._backend if self._backend is not None else keyring.get_keyring()
                 _check_backend(backend)
-                outcome.append((True, fn(backend)))
+                with _KEYRING_LOCK:
+                    outcome.append((True, fn(backend)))
             except BaseException as exc:  # handed to the caller's thread
                 outcome.append((False, exc))
             finally:
