@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -227,4 +229,36 @@ def test_concurrent_writes_of_different_integrations_are_all_kept(
         t.join()
     assert {i: (t.access_token if (t := store.get(i)) else None) for i in ids} == {
         i: f"{i}-14" for i in ids
+    }
+
+
+WRITER = """
+import sys
+from datetime import UTC, datetime
+from calsync_cli.auth import Tokens, TokenStore
+iid = int(sys.argv[1])
+sys.stdin.readline()  # start together
+for round_ in range(15):
+    TokenStore().put(iid, Tokens(access_token=f"{iid}-{round_}", refresh_token="r",
+                                 expires_at=datetime(2027, 1, 1, tzinfo=UTC)))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the cross-process lock is POSIX only")
+def test_concurrent_writes_from_several_processes_are_all_kept(
+    keyring_backend: PlaintextKeyring,
+) -> None:
+    """Two cron runs of ``calsync sync`` can refresh tokens at the same moment."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(i)], stdin=subprocess.PIPE, text=True)
+        for i in range(1, 5)
+    ]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.close()
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    store = TokenStore()
+    assert {i: (t.access_token if (t := store.get(i)) else None) for i in range(1, 5)} == {
+        i: f"{i}-14" for i in range(1, 5)
     }

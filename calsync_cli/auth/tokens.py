@@ -8,13 +8,17 @@ The backend is keyring's choice (``PYTHON_KEYRING_BACKEND``, ``keyringrc.cfg``).
 falls back to a plain file on its own: with no usable backend every call raises
 ``KeyringError`` naming the fix. Every call runs in a daemon thread and gives up after
 ``timeout`` seconds, because a locked Secret Service can wait for an unlock prompt forever.
+Calls are serialised within the process and, for a file backend on POSIX, across calsync
+processes (an advisory lock beside the keyring file): file backends rewrite the whole file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -160,6 +164,33 @@ class Tokens:
 _KEYRING_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def _exclusive(backend: Any) -> Iterator[None]:
+    """This process's keyring lock and, for a backend that keeps its entries in a file
+    (keyrings.alt's, which name it ``file_path``), an advisory lock beside that file that every
+    calsync process takes (two cron runs of ``sync`` can refresh tokens at the same moment).
+    Other backends (Secret Service, macOS Keychain, Windows Credential Manager) write one entry
+    at a time; where fcntl is missing (Windows) only the process lock is taken."""
+    with _KEYRING_LOCK:
+        path = getattr(backend, "file_path", None)
+        try:
+            import fcntl
+
+            if not isinstance(path, str | os.PathLike):
+                raise ImportError
+            folder = os.path.dirname(os.fspath(path))
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(os.fspath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except (ImportError, OSError):
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
 def keyring_username(integration_id: int | str) -> str:
     return f"integration:{integration_id}"
 
@@ -228,7 +259,7 @@ class TokenStore:
             try:
                 backend = self._backend if self._backend is not None else keyring.get_keyring()
                 _check_backend(backend)
-                with _KEYRING_LOCK:
+                with _exclusive(backend):
                     outcome.append((True, fn(backend)))
             except BaseException as exc:  # handed to the caller's thread
                 outcome.append((False, exc))
