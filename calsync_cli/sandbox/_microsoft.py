@@ -1071,7 +1071,9 @@ class MicrosoftService:
                     "The user or administrator has not consented to use the application for "
                     f"the scope '{extra[0]}'.",
                 )
-            self.state.locked_drop_refresh(token)  # rotation: the old one is spent
+            # A new refresh token comes with every refresh, but "the Microsoft identity platform
+            # doesn't revoke old refresh tokens when used to fetch new access tokens" (Microsoft
+            # identity platform, Refresh tokens): two clients refreshing at once both succeed.
             self.state.stats.refreshes[("outlook", grant.email)] += 1
             keep = sorted(set(wanted) | ({"offline_access"} & grant.scopes))
             out = self._issue(keep, grant, True)

@@ -338,11 +338,6 @@ class State:
             self.refresh_tokens.pop(oldest, None)
         return token
 
-    def locked_drop_refresh(self, token: str) -> None:
-        grant = self.refresh_tokens.pop(token, None)
-        if grant is not None and token in grant.refresh_tokens:
-            grant.refresh_tokens.remove(token)
-
     def locked_withdraw(self, grant: Grant) -> None:
         grant.alive = False
         for token in grant.refresh_tokens:
