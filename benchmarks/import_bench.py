@@ -1,11 +1,12 @@
 """Benchmark: import 100,000 visits, re-import them unchanged, and cold start-up.
 
-    python benchmarks/import_bench.py [--visits N] [--runs K]
+    python benchmarks/import_bench.py [--visits N] [--runs K] [--db-url URL]
 
 Targets (issue 2): import of 100k visits under 20 s; unchanged re-import under 10 s;
 `calsync --help` and `calsync status` (table and --json) cold start under 300 ms.
-The store is a fresh SQLite file in a temporary directory with 5 integrations (one per
-provider), so every imported visit also queues one outbox job, as in production.
+The store is a fresh SQLite file in a temporary directory (or the empty database given with
+--db-url) with 5 integrations (one per provider), so every imported visit also queues one
+outbox job, as in production.
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visits", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--db-url",
+        help="an empty database to use instead of a temporary SQLite file, e.g. "
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%%3Dbench",
+    )
     opts = parser.parse_args()
 
     from calsync_cli import importers
@@ -101,7 +107,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         visits = write_inputs(folder, opts.visits)
-        url = f"sqlite:///{folder / 'bench.db'}"
+        url = opts.db_url or f"sqlite:///{folder / 'bench.db'}"
         store = Store(url)
         now = datetime.now(UTC)
         importers.import_file(store, "practices", str(folder / "practices.jsonl"), now=now)

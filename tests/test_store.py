@@ -314,13 +314,13 @@ def test_enqueue_direct_is_idempotent(store: Store, tmp_path: Path) -> None:
     assert len(live_jobs(store)) == 1
 
 
-def test_status_fast_path_matches_the_store(tmp_path: Path) -> None:
+def test_status_fast_path_matches_the_store(tmp_path: Path, db_url: str) -> None:
     from calsync_cli.store import quick
     from calsync_cli.store.models import SCHEMA_VERSION
 
     assert quick.SCHEMA_VERSION == SCHEMA_VERSION
-    url = f"sqlite:///{tmp_path / 'q.db'}"
-    assert quick.status_rows(url) is None  # no file yet: the full path creates it
+    url = db_url
+    assert quick.status_rows(url) is None  # no schema yet: the full path creates it
     store = Store(url)
     seed(store, tmp_path)
     lee, patel = connect(store), connect(store, "dr-patel")
@@ -336,7 +336,18 @@ def test_status_fast_path_matches_the_store(tmp_path: Path) -> None:
     assert quick.status_rows(url) == core.status_rows(store)
     assert quick.status_rows(url, patel) == core.status_rows(store, patel)
     assert quick.status_rows(url, 99) is None
+    with store.write() as s:  # a database of another calsync version: the full path decides
+        s.execute(sa.text("UPDATE calsync_meta SET value = '99' WHERE key = 'schema_version'"))
+    assert quick.status_rows(url) is None
     store.close()
+
+
+def test_status_fast_path_gives_way_when_the_database_is_unreachable() -> None:
+    from calsync_cli.store import quick
+
+    assert quick.status_rows("postgresql+psycopg://nobody@127.0.0.1:1/none") is None
+    assert quick.status_rows("mysql://x@127.0.0.1/none") is None
+    assert quick.status_rows("sqlite://") is None  # in memory: nothing to read
 
 
 def test_version_1_database_is_upgraded_in_place(db_url: str, tmp_path: Path) -> None:

@@ -1,19 +1,21 @@
-"""A read-only fast path for ``calsync status`` on SQLite, using only the standard library.
+"""A read-only fast path for ``calsync status``: the database driver alone, no ORM.
 
 ``status`` is what support staff and monitoring run most, and importing SQLAlchemy and pydantic
-costs more than the whole answer. When the store is an existing SQLite file at the current
-schema version, these functions answer from it directly; otherwise they return None and the
-caller uses the full store (which also creates or upgrades the schema). A test asserts both
-paths give identical answers.
+costs more than the whole answer. When the store is an existing SQLite file, or a PostgreSQL
+database reachable with psycopg, at the current schema version, these functions answer from it
+directly; otherwise (or on any database error) they return None and the caller uses the full
+store, which also creates or upgrades the schema and words the errors. A test asserts both
+paths give identical answers on both backends.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 #: kept equal to models.SCHEMA_VERSION by a test (importing models here would defeat the purpose)
 SCHEMA_VERSION = 2
@@ -30,32 +32,84 @@ def _sqlite_file(url: str) -> Path | None:
     return None
 
 
-def _connect(url: str) -> sqlite3.Connection | None:
+@dataclass
+class _Db:
+    conn: Any  # a DB-API connection
+    param: str  # its placeholder
+    state: str  # how to name job.state in the counting query
+    errors: tuple[type[BaseException], ...]
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return list(self.conn.execute(sql.replace("?", self.param), params).fetchall())
+
+
+def _sqlite(url: str) -> _Db | None:
     path = _sqlite_file(url)
     if path is None or not path.is_file():
         return None
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        version = conn.execute(
-            "SELECT value FROM calsync_meta WHERE key = 'schema_version'"
-        ).fetchone()
     except sqlite3.Error:
         return None
-    if version is None or int(version[0]) != SCHEMA_VERSION:
-        conn.close()
+    # "+state" keeps SQLite from filtering through ix_job_due (state, next_attempt_at): a scan
+    # of the covering ix_job_integration_state is ~3x faster at 100k jobs.
+    return _Db(conn, "?", "+state", (sqlite3.Error,))
+
+
+def _postgresql(url: str) -> _Db | None:
+    """SQLAlchemy's ``postgresql[+psycopg]://user:password@host:port/dbname?key=value`` as
+    psycopg connection parameters (the query keys are libpq's, as SQLAlchemy passes them)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgresql+psycopg"):
         return None
-    return conn
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    params: dict[str, Any] = dict(parse_qsl(parts.query))
+    for key, value in (
+        ("host", parts.hostname),
+        ("port", parts.port),
+        ("user", parts.username),
+        ("password", parts.password),
+        ("dbname", parts.path.lstrip("/")),
+    ):
+        if value:
+            params[key] = unquote(value) if isinstance(value, str) else value
+    params.setdefault("connect_timeout", 10)  # libpq waits forever by default
+    try:
+        conn = psycopg.connect(autocommit=True, **params)
+        conn.read_only = True
+    except (psycopg.Error, ValueError):
+        return None
+    return _Db(conn, "%s", "state", (psycopg.Error,))
 
 
-def _iso(value: str | None) -> str | None:
+def _connect(url: str) -> _Db | None:
+    db = _sqlite(url) or _postgresql(url)
+    if db is None:
+        return None
+    try:
+        version = db.query("SELECT value FROM calsync_meta WHERE key = 'schema_version'")
+    except db.errors:
+        db.conn.close()
+        return None
+    if not version or int(version[0][0]) != SCHEMA_VERSION:
+        db.conn.close()
+        return None
+    return db
+
+
+def _iso(value: str | datetime | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return when.replace(tzinfo=UTC).isoformat()  # stored as naive UTC
 
 
 def status_rows(url: str, integration_id: int | None = None) -> list[dict[str, Any]] | None:
-    conn = _connect(url)
-    if conn is None:
+    db = _connect(url)
+    if db is None:
         return None
     try:
         sql = (
@@ -66,15 +120,13 @@ def status_rows(url: str, integration_id: int | None = None) -> list[dict[str, A
         if integration_id is not None:
             sql += " WHERE id = ?"
             params = (integration_id,)
-        integrations = conn.execute(sql + " ORDER BY id", params).fetchall()
+        integrations = db.query(sql + " ORDER BY id", params)
         if integration_id is not None and not integrations:
             return None  # the full path raises the proper "no integration" error
         counts: dict[tuple[int, str], int] = {}
-        for iid, state, n in conn.execute(
-            # "+state" keeps SQLite from filtering through ix_job_due (state, next_attempt_at):
-            # a scan of the covering ix_job_integration_state is ~3x faster at 100k jobs.
+        for iid, state, n in db.query(
             "SELECT integration_id, state, count(*) FROM job"
-            " WHERE +state IN ('queued', 'running', 'held', 'failed')"
+            f" WHERE {db.state} IN ('queued', 'running', 'held', 'failed')"
             " GROUP BY integration_id, state"
         ):
             counts[(iid, state)] = n
@@ -96,7 +148,7 @@ def status_rows(url: str, integration_id: int | None = None) -> list[dict[str, A
             }
             for row in integrations
         ]
-    except sqlite3.Error:
+    except db.errors:
         return None
     finally:
-        conn.close()
+        db.conn.close()
