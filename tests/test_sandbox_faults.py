@@ -248,3 +248,36 @@ def test_run_foreground_seeds_and_announces() -> None:
         stop.set()
         runner.join(timeout=5)
     assert not runner.is_alive()
+
+
+def test_a_client_hanging_up_mid_request_prints_nothing(
+    sb: Sandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A worker killed mid-request resets its connection: ``sandbox serve`` stays quiet about
+    that, and still prints the traceback of a real failure."""
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(sb.url)
+    assert parts.hostname is not None and parts.port is not None
+    conn = socket.create_connection((parts.hostname, parts.port))
+    conn.sendall(b"GET /_sandbox/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.recv(100).startswith(b"HTTP/1.1 200")  # answered: it waits for the next one
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # a reset, as from a killed process
+    with httpx2.Client(timeout=5) as c:  # still serving
+        assert c.get(f"{sb.url}/_sandbox/stats").status_code == 200
+
+    server = sb._server  # the contract itself, without racing the handler thread
+    for exc in (ConnectionResetError(104, "reset"), BrokenPipeError(32, "pipe"), TimeoutError()):
+        try:
+            raise exc
+        except OSError:
+            server.handle_error(None, ("127.0.0.1", 1))
+    assert "Traceback" not in capfd.readouterr().err
+    try:
+        raise ValueError("a sandbox bug")
+    except ValueError:
+        server.handle_error(None, ("127.0.0.1", 1))
+    assert "ValueError: a sandbox bug" in capfd.readouterr().err
