@@ -54,8 +54,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+#: how many failed jobs ``calsync status INTEGRATION`` lists, newest first
+FAILURES_SHOWN = 20
+
+
 def status_rows(store: Store, integration_id: int | None = None) -> list[dict[str, Any]]:
-    """One dict per integration: the ``status --json`` item (see DESIGN.md)."""
+    """One dict per integration: the ``status --json`` item (see DESIGN.md). For one
+    integration it also lists its latest failed jobs (``failures``): visit id, start, action,
+    error, when; never patient data."""
     with store.read() as session:
         if integration_id is not None:
             integrations = [get(session, integration_id)]
@@ -69,7 +75,7 @@ def status_rows(store: Store, integration_id: int | None = None) -> list[dict[st
         )
         for iid, state, n in session.exec(stmt):
             counts[(iid, state)] = n
-        return [
+        rows: list[dict[str, Any]] = [
             {
                 "id": i.id,
                 "provider_id": i.provider_id,
@@ -87,6 +93,25 @@ def status_rows(store: Store, integration_id: int | None = None) -> list[dict[st
             }
             for i in integrations
         ]
+        if integration_id is not None:
+            failed = session.exec(
+                select(Job, Visit.start)
+                .join(Visit, col(Visit.id) == col(Job.visit_id))
+                .where(Job.integration_id == integration_id, Job.state == JOB_FAILED)
+                .order_by(col(Job.updated_at).desc(), col(Job.id).desc())
+                .limit(FAILURES_SHOWN)
+            )
+            rows[0]["failures"] = [
+                {
+                    "visit_id": job.visit_id,
+                    "start": _iso(start),
+                    "action": job.action,
+                    "error": job.last_error,
+                    "failed_at": _iso(job.updated_at),
+                }
+                for job, start in failed
+            ]
+        return rows
 
 
 def store_counts(store: Store) -> dict[str, int]:

@@ -251,3 +251,30 @@ def test_absent_values_keep_typer_semantics() -> None:
     missing = runner.invoke(_coercion_demo, [])
     assert missing.exit_code == 2 and "Missing argument" in missing.stderr
     assert run("status", "0").exit_code == 2
+
+
+def test_status_of_one_integration_lists_its_failures(seeded: Path) -> None:
+    import sqlalchemy as sa
+
+    from calsync_cli.store.db import Store
+    from calsync_cli.store.models import Job
+
+    iid = make_integration()
+    write_jsonl(seeded / "more.jsonl", [visit("c")])
+    assert run("visits", "import", str(seeded / "more.jsonl")).exit_code == 0
+    store = Store(os.environ["CALSYNC_DB_URL"])
+    with store.write() as s:
+        s.execute(
+            sa.update(Job).values(state="failed", last_error="Google Calendar: HTTP 400 invalid")
+        )
+    store.close()
+    one = run("status", str(iid))
+    assert one.exit_code == 0, one.stderr
+    text = one.stdout + one.stderr
+    assert "Failed for good (1; all, newest first):" in text
+    assert "visit c at 2026-12-01 15:00Z: upsert failed" in text
+    assert "Google Calendar: HTTP 400 invalid" in text
+    assert "Jane Doe" not in text  # visit ids, never patient names
+    [row] = run_json("status", str(iid))["integrations"]
+    assert [f["visit_id"] for f in row["failures"]] == ["c"] and row["failed"] == 1
+    assert "failures" not in run_json("status")["integrations"][0]  # only for one integration

@@ -326,7 +326,11 @@ def test_status_fast_path_matches_the_store(tmp_path: Path, db_url: str) -> None
     lee, patel = connect(store), connect(store, "dr-patel")
     import_visits(store, tmp_path, [visit("a"), visit("b"), visit("c", provider_id="dr-patel")])
     with store.write() as s:
-        s.execute(sa.update(Job).where(Job.visit_id == "b").values(state="failed"))
+        s.execute(
+            sa.update(Job)
+            .where(Job.visit_id == "b")
+            .values(state="failed", last_error="Google: HTTP 400 invalid")
+        )
         integ = s.get(Integration, lee)
         assert integ is not None
         integ.last_synced_at = NOW
@@ -335,6 +339,13 @@ def test_status_fast_path_matches_the_store(tmp_path: Path, db_url: str) -> None
     core.toggle(store, patel, True, now=NOW)
     assert quick.status_rows(url) == core.status_rows(store)
     assert quick.status_rows(url, patel) == core.status_rows(store, patel)
+    [row] = core.status_rows(store, lee)
+    [failure] = row["failures"]
+    assert failure["visit_id"] == "b" and failure["action"] == "upsert"
+    assert failure["start"] == "2026-12-01T15:00:00+00:00"
+    assert failure["error"] == "Google: HTTP 400 invalid" and failure["failed_at"]
+    assert quick.status_rows(url, lee) == [row]
+    assert quick.FAILURES_SHOWN == core.FAILURES_SHOWN
     assert quick.status_rows(url, 99) is None
     with store.write() as s:  # a database of another calsync version: the full path decides
         s.execute(sa.text("UPDATE calsync_meta SET value = '99' WHERE key = 'schema_version'"))

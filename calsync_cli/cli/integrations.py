@@ -60,6 +60,19 @@ def status_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         if r["status_detail"]:
             output.say(f"integration {r['id']}: {r['status_detail']}")
+        failures = r.get("failures") or []
+        if failures:
+            shown = f"the latest {len(failures)}" if len(failures) < r["failed"] else "all"
+            output.say(f"Failed for good ({r['failed']}; {shown}, newest first):")
+            for f in failures:
+                output.say(
+                    f"  visit {f['visit_id']} at {_when(f['start'])}: {f['action']} failed"
+                    f" {_when(f['failed_at'])}: {f['error'] or 'no detail'}"
+                )
+            output.say(
+                "  calsync sweep queues them again while their visit changed within its"
+                " look-back; a later change of the visit queues it too."
+            )
 
 
 def status(
@@ -72,7 +85,8 @@ def status(
     """Show each integration: its calendar, status, last sync and queued work.
 
     Status is Active (syncing), Pending (a calendar must be chosen), Error (the latest attempt
-    failed; calsync keeps retrying; see the detail) or Disconnected.
+    failed; calsync keeps retrying; see the detail) or Disconnected. Given one INTEGRATION, it
+    also lists its latest jobs that failed for good: visit id, start, and the error.
     """
     from calsync_cli.store import quick
 

@@ -20,6 +20,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 #: kept equal to models.SCHEMA_VERSION by a test (importing models here would defeat the purpose)
 SCHEMA_VERSION = 2
 _LIVE = ("queued", "running", "held")
+#: kept equal to integrations.FAILURES_SHOWN by a test
+FAILURES_SHOWN = 20
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -130,7 +132,7 @@ def status_rows(url: str, integration_id: int | None = None) -> list[dict[str, A
             " GROUP BY integration_id, state"
         ):
             counts[(iid, state)] = n
-        return [
+        rows = [
             {
                 "id": row[0],
                 "provider_id": row[1],
@@ -148,6 +150,24 @@ def status_rows(url: str, integration_id: int | None = None) -> list[dict[str, A
             }
             for row in integrations
         ]
+        if integration_id is not None:
+            rows[0]["failures"] = [
+                {
+                    "visit_id": visit_id,
+                    "start": _iso(start),
+                    "action": action,
+                    "error": error,
+                    "failed_at": _iso(failed_at),
+                }
+                for visit_id, start, action, error, failed_at in db.query(
+                    "SELECT job.visit_id, visit.start, job.action, job.last_error, job.updated_at"
+                    " FROM job JOIN visit ON visit.id = job.visit_id"
+                    " WHERE job.integration_id = ? AND job.state = 'failed'"
+                    " ORDER BY job.updated_at DESC, job.id DESC LIMIT ?",
+                    (integration_id, FAILURES_SHOWN),
+                )
+            ]
+        return rows
     except db.errors:
         return None
     finally:
