@@ -54,6 +54,7 @@ complete -c calsync -n '__fish_seen_subcommand_from sandbox && __fish_seen_subco
 complete -c calsync -n '__fish_seen_subcommand_from sandbox' -a serve -d 'Run the provider sandbox in the foreground until Ctrl-C'
 complete -c calsync -n '__fish_seen_subcommand_from status' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from sweep' -l lookback -d 'How far back to look, e.g'
+complete -c calsync -n '__fish_seen_subcommand_from sweep' -l retry-failed -d 'Also queue again every visit whose job failed for good, however long ago (after fixing the cause; see \'calsync status INTEGRATION\')'
 complete -c calsync -n '__fish_seen_subcommand_from sweep' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from sync' -l watch -d 'Keep running until SIGINT/SIGTERM; finish calls in flight, then exit 0'
 complete -c calsync -n '__fish_seen_subcommand_from sync' -l interval -d 'Seconds between rounds with --watch'

@@ -264,6 +264,26 @@ def test_a_failure_stops_counting_once_the_visit_syncs(env: Env) -> None:
     assert core.status_rows(env.store, iid)[0]["failed"] == 0
 
 
+def test_sweep_retry_failed_queues_old_failures_again(env: Env) -> None:
+    from calsync_cli.engine.sweep import sweep
+
+    iid = connect(env, "google")
+    env.import_visits([visit("a")])
+    env.sb.faults("google", EMAILS["google"]).fail_next(1, status=400)
+    assert env.sync().integrations[iid].failed == 1
+    env.clock.advance(days=2)  # beyond the look-back: the plain sweep leaves it
+    day = timedelta(hours=24)
+    assert sweep(env.store, env.settings, now=env.clock(), lookback=day)["queued"] == 0
+    out = sweep(env.store, env.settings, now=env.clock(), lookback=day, retry_failed=True)
+    assert out["retried_failed"] == 1 and out["integrations"] == [{"id": iid, "queued": 1}]
+    again = sweep(env.store, env.settings, now=env.clock(), lookback=day, retry_failed=True)
+    assert again["retried_failed"] == 0  # already queued: coalesced
+    assert env.sync().integrations[iid].pushed == 1
+    assert len(env.events("google")) == 1
+    [row] = core.status_rows(env.store, iid)
+    assert row["failed"] == 0 and row["failures"] == []
+
+
 def test_sweep_prunes_jobs_finished_over_a_week_ago(env: Env) -> None:
     from calsync_cli.engine.sweep import sweep
     from calsync_cli.store.queue import FINISHED_RETENTION

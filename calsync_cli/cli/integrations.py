@@ -70,8 +70,8 @@ def status_table(rows: list[dict[str, Any]]) -> None:
                     f" {_when(f['failed_at'])}: {f['error'] or 'no detail'}"
                 )
             output.say(
-                "  calsync sweep queues them again while their visit changed within its"
-                " look-back; a later change of the visit queues it too."
+                "  After fixing the cause: calsync sweep --retry-failed queues them again"
+                " (a later change of a visit queues it too)."
             )
 
 

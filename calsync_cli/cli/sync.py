@@ -141,6 +141,14 @@ def sweep(
     lookback: Annotated[
         str, typer.Option("--lookback", help="How far back to look, e.g. 24h, 90m, 2d.")
     ] = "24h",
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Also queue again every visit whose job failed for good, however long ago "
+            "(after fixing the cause; see 'calsync status INTEGRATION').",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue visits that should have synced and did not (run it from cron).
@@ -161,7 +169,11 @@ def sweep(
     from calsync_cli.engine.sweep import sweep as run_sweep
 
     data = run_sweep(
-        context.store(), context.settings(), now=context.now(), lookback=parse_duration(lookback)
+        context.store(),
+        context.settings(),
+        now=context.now(),
+        lookback=parse_duration(lookback),
+        retry_failed=retry_failed,
     )
     data["tokens"] = asyncio.run(keep_alive(context.store(), context.settings(), now=context.now()))
 
@@ -169,6 +181,8 @@ def sweep(
         output.say(
             f"Checked {data['checked']} recent visit changes; queued {data['queued']} for sync."
         )
+        if data["retried_failed"]:
+            output.say(f"Of those, {data['retried_failed']} had failed for good: queued again.")
         if data["pruned"]:
             output.say(f"Pruned {data['pruned']} jobs finished over a week ago.")
         tokens = data["tokens"]

@@ -22,7 +22,7 @@ from calsync_cli.engine.worker import PENDING_CREATE
 from calsync_cli.errors import InputError
 from calsync_cli.store import jobs, queue
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import EventLink, Practice, Visit
+from calsync_cli.store.models import JOB_FAILED, EventLink, Job, Practice, Visit
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -37,12 +37,20 @@ def parse_duration(text: str) -> timedelta:
 
 
 def sweep(
-    store: Store, settings: Settings, *, now: datetime, lookback: timedelta
+    store: Store,
+    settings: Settings,
+    *,
+    now: datetime,
+    lookback: timedelta,
+    retry_failed: bool = False,
 ) -> dict[str, Any]:
-    checked = queued = 0
+    """Queue what should be on a calendar and is not; with ``retry_failed`` also every visit
+    whose job failed for good, however long ago (after its cause was fixed)."""
+    checked = queued = retried = 0
     per_integration: dict[int, int] = {}
     with store.write() as session:
-        for integ in jobs.pushing_integrations(session):
+        pushing = jobs.pushing_integrations(session)
+        for integ in pushing:
             assert integ.id is not None
             since = max(now - lookback, integ.active_since)
             rows = list(
@@ -94,11 +102,24 @@ def sweep(
             queued += n
             if n:
                 per_integration[integ.id] = n
+        if retry_failed:
+            for integ in pushing:
+                assert integ.id is not None
+                failed = session.exec(
+                    select(Job.visit_id)
+                    .where(Job.integration_id == integ.id, Job.state == JOB_FAILED)
+                    .distinct()
+                )
+                n = jobs.enqueue(session, [(integ.id, v, "upsert") for v in failed], now)
+                retried += n
+                if n:
+                    per_integration[integ.id] = per_integration.get(integ.id, 0) + n
         pruned = queue.prune(session, before=now - queue.FINISHED_RETENTION)
     return {
         "lookback_seconds": int(lookback.total_seconds()),
         "checked": checked,
-        "queued": queued,
+        "queued": queued + retried,
+        "retried_failed": retried,
         "pruned": pruned,
         "integrations": [{"id": k, "queued": v} for k, v in sorted(per_integration.items())],
     }
