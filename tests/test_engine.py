@@ -484,6 +484,25 @@ def test_sync_watch_stops_cleanly_on_a_signal(env: Env, sig: str) -> None:
         assert all(j.lease_owner is None for j in s.exec(select(Job)))
 
 
+def test_sweep_finds_a_lost_delete_of_a_visit_reassigned_away(env: Env) -> None:
+    """The sweep reads each integration's own clinicians' visits, and those it has an event
+    for: a visit moved to another clinician still has its old event removed."""
+    from calsync_cli.engine.sweep import sweep
+
+    lee = connect(env, "google")
+    env.import_visits([visit("a"), visit("b")])
+    env.sync()
+    env.import_visits([visit("a", provider_id="dr-patel"), visit("b")], "v2.jsonl")
+    with env.store.write() as s:  # the delete queued at dr-lee's integration was lost
+        s.execute(sa.delete(Job).where(Job.state == "queued"))
+    out = sweep(env.store, env.settings, now=env.clock(), lookback=timedelta(hours=24))
+    assert out["queued"] == 1 and out["integrations"] == [{"id": lee, "queued": 1}]
+    assert env.sync().integrations[lee].deleted == 1
+    assert [e["summary"] for e in env.events("google")] == [
+        "[Main Street Practice] - Jane Doe - Follow Up"
+    ]
+
+
 def test_sweep_queues_a_pending_create_of_a_visit_that_no_longer_belongs(env: Env) -> None:
     from calsync_cli.engine.sweep import sweep
     from calsync_cli.engine.worker import PENDING_CREATE

@@ -3,9 +3,12 @@
 It looks at visits changed within the look-back (and, per integration, only since it became
 active or was last resumed: what changed while paused is never backfilled), renders each for
 every pushing integration it belongs to, and queues it when there is no live job and the
-event is missing, stale, on another calendar, or still there for a cancelled visit. Idempotent,
-and safe while ``sync`` runs (it only inserts coalesced jobs). It also prunes jobs that
-finished more than ``queue.FINISHED_RETENTION`` ago, so the outbox does not grow forever.
+event is missing, stale, on another calendar, or still there for a visit that no longer
+belongs (cancelled, reassigned, filtered out). Each integration reads only its own clinicians'
+visits and those it has an event link for. The reading and rendering run in a read
+transaction; only the queuing takes the write lock. Idempotent, and safe while ``sync`` runs
+(it only inserts coalesced jobs). It also prunes jobs that finished more than
+``queue.FINISHED_RETENTION`` ago, so the outbox does not grow forever.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from calsync_cli.config import Settings
@@ -48,18 +52,31 @@ def sweep(
     whose job failed for good, however long ago (after its cause was fixed)."""
     checked = queued = retried = 0
     per_integration: dict[int, int] = {}
-    with store.write() as session:
-        pushing = jobs.pushing_integrations(session)
-        for integ in pushing:
+    planned: dict[int, list[tuple[int, str, str]]] = {}
+    # Read and render outside the write transaction (after a big import that is most of the
+    # work, and writers would wait for it); queuing is idempotent, so work found here that a
+    # worker completes meanwhile only costs it a skip (the content hash is equal).
+    with store.read() as session:
+        for integ in jobs.pushing_integrations(session):
             assert integ.id is not None
+            work = planned.setdefault(integ.id, [])
             since = max(now - lookback, integ.active_since)
-            rows = list(
-                session.exec(
-                    select(Visit, Practice)
-                    .join(Practice, col(Practice.id) == col(Visit.practice_id))
-                    .where(col(Visit.changed_at) >= since)
-                )
+            stmt = (
+                select(Visit, Practice)
+                .join(Practice, col(Practice.id) == col(Visit.practice_id))
+                .where(col(Visit.changed_at) >= since)
             )
+            if integ.provider_filter:
+                # its clinicians' visits, and any other visit it has a link for (reassigned
+                # away: its event must go); no other visit can need work here
+                linked = select(EventLink.visit_id).where(EventLink.integration_id == integ.id)
+                stmt = stmt.where(
+                    sa.or_(
+                        col(Visit.provider_id).in_(integ.provider_filter),
+                        col(Visit.id).in_(linked),
+                    )
+                )
+            rows = list(session.exec(stmt))
             if not rows:
                 continue
             links = {
@@ -72,7 +89,6 @@ def sweep(
                 )
             }
             live = jobs.live_pairs(session, integ.id)
-            work: list[tuple[int, str, str]] = []
             for visit, practice in rows:
                 checked += 1
                 if (integ.id, visit.id) in live:
@@ -98,7 +114,13 @@ def sweep(
                         work.append((integ.id, visit.id, "upsert"))
                 elif on_calendar:
                     work.append((integ.id, visit.id, "delete"))
-            n = jobs.enqueue(session, work, now)
+    with store.write() as session:
+        # only integrations that still take pushed work (one may have been paused or
+        # disconnected meanwhile)
+        pushing = jobs.pushing_integrations(session)
+        for integ in pushing:
+            assert integ.id is not None
+            n = jobs.enqueue(session, planned.get(integ.id, []), now)
             queued += n
             if n:
                 per_integration[integ.id] = n
