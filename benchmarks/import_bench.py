@@ -149,9 +149,8 @@ def main() -> int:
     for label, seconds, target in rows:
         verdict = "ok" if seconds <= target else "OVER TARGET"
         print(f"{label:<52} {seconds:8.3f} s   target {target:g} s   {verdict}")
-    print(
-        f"{'sweep right after (' + str(swept['checked']) + ' pairs checked)':<52} {t_sweep:8.3f} s"
-    )
+    label = f"sweep right after ({swept['checked']:,} pairs checked)"
+    print(f"{label:<52} {t_sweep:8.3f} s")
     starts = [
         ("cold `calsync --help`", t_help, 0.3),
         (f"cold `calsync status --json` ({opts.visits:,} jobs queued)", t_status, 0.3),
