@@ -278,3 +278,14 @@ def test_status_of_one_integration_lists_its_failures(seeded: Path) -> None:
     [row] = run_json("status", str(iid))["integrations"]
     assert [f["visit_id"] for f in row["failures"]] == ["c"] and row["failed"] == 1
     assert "failures" not in run_json("status")["integrations"][0]  # only for one integration
+
+
+def test_status_table_in_a_pipe_keeps_each_integration_on_one_line(
+    seeded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    make_integration()
+    result = run("status")  # CliRunner's stdout is not a terminal, like a pipe or a cron log
+    assert result.exit_code == 0, result.stderr
+    [line] = [ln for ln in result.stdout.splitlines() if "a@example.com" in ln]
+    assert "dr-lee" in line and "Active" in line and "push" in line

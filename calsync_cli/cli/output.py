@@ -8,6 +8,7 @@ stderr. Errors are one line on stderr, also with ``--json``, and map to exit cod
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,10 +35,18 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: width of tables written to a pipe or a log (no terminal, no COLUMNS): Rich would use 80 and
+#: fold every cell of a 10-column status table over several lines
+PIPE_WIDTH = 200
+
+
 def out_console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = PIPE_WIDTH
+    return console
 
 
 def say(message: str) -> None:
