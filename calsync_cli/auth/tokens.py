@@ -164,26 +164,34 @@ class Tokens:
 _KEYRING_LOCK = threading.Lock()
 
 
+def _lock_file(backend: Any) -> int | None:
+    """An open lock file beside a file backend's file (keyrings.alt's name it ``file_path``);
+    None for other backends, without fcntl (Windows), or when it cannot be opened."""
+    path = getattr(backend, "file_path", None)
+    if not isinstance(path, str | os.PathLike):
+        return None
+    try:
+        import fcntl  # noqa: F401 - POSIX only
+
+        os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
+        return os.open(os.fspath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except (ImportError, OSError):
+        return None
+
+
 @contextlib.contextmanager
 def _exclusive(backend: Any) -> Iterator[None]:
-    """This process's keyring lock and, for a backend that keeps its entries in a file
-    (keyrings.alt's, which name it ``file_path``), an advisory lock beside that file that every
-    calsync process takes (two cron runs of ``sync`` can refresh tokens at the same moment).
-    Other backends (Secret Service, macOS Keychain, Windows Credential Manager) write one entry
-    at a time; where fcntl is missing (Windows) only the process lock is taken."""
+    """This process's keyring lock and, for a file backend, an advisory lock beside its file
+    that every calsync process takes (two cron runs of ``sync`` can refresh tokens at the same
+    moment). Other backends (Secret Service, macOS Keychain, Windows Credential Manager) write
+    one entry at a time."""
     with _KEYRING_LOCK:
-        path = getattr(backend, "file_path", None)
-        try:
-            import fcntl
-
-            if not isinstance(path, str | os.PathLike):
-                raise ImportError
-            folder = os.path.dirname(os.fspath(path))
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(os.fspath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except (ImportError, OSError):
+        fd = _lock_file(backend)
+        if fd is None:
             yield
             return
+        import fcntl
+
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

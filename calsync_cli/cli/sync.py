@@ -158,9 +158,10 @@ def sweep(
     a cancelled visit whose event is still there) and have no queued work. Changes made while
     an integration was paused are never backfilled. Safe to run while 'calsync sync' runs.
 
-    It prunes finished jobs older than a week, and keeps quiet connections alive: refresh tokens die unused (Microsoft after 90 days,
-    Google after six months), so it refreshes the sign-in of any integration idle for a week.
-    Exits 4 when an integration needs signing in again.
+    It prunes finished jobs older than a week, and keeps quiet connections alive: refresh
+    tokens die unused (Microsoft after 90 days, Google after six months), so it refreshes the
+    sign-in of any integration idle for a week. Exits 4 when an integration needs signing in
+    again.
     """
     import asyncio
 
