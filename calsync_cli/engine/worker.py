@@ -13,11 +13,11 @@ Crash safety: before any call the worker writes ahead what it is about to do, so
 dies after its calls but before recording them leaves a link that cannot mislead the next one. A
 live link loses its content hash (the next run updates instead of skipping an unchanged visit:
 the event may show a newer edit, or be deleted already); a create leaves ``PENDING_CREATE`` on
-the link with the calendar it targets, and so does a move once its old event is deleted. The next run repeats a pending create on the same key (the
-same event; on Graph, whose transactionId answers the existing event unchanged, it then updates
-it), or, when the visit no longer belongs there or the integration has moved to another
-calendar since, creates and deletes it on that key, so nothing the dead worker made stays
-behind.
+the link with the calendar it targets, and so does a move once its old event is deleted. The
+next run repeats a pending create on the same key (the same event; on Graph, whose
+transactionId answers the existing event unchanged, it then updates it), or, when the visit no
+longer belongs there or the integration has moved to another calendar since, creates and
+deletes it on that key, so nothing the dead worker made stays behind.
 
 Failures follow DESIGN.md's schedule: retried 1, 4, 16, 60 and 60 minutes later (up to 10%
 jitter; a longer Retry-After wins), then failed. A refused grant holds the integration's jobs
@@ -504,8 +504,8 @@ class Worker:
         assert integ.id is not None
         links = EventLink.__table__  # type: ignore[attr-defined]
         with self.store.write() as session:
-            held = [i for i in moved if i.visit.id in self._held(session, moved)]
-            for item in held:
+            held = self._held(session, moved)
+            for item in (i for i in moved if i.visit.id in held):
                 session.execute(
                     sa.update(links)
                     .where(links.c.integration_id == integ.id, links.c.visit_id == item.visit.id)
