@@ -101,10 +101,10 @@ def main() -> int:
     )
     opts = parser.parse_args()
 
-    from calsync_cli import importers
-    from calsync_cli import integrations as core
     from calsync_cli.config import load_settings
     from calsync_cli.engine.sweep import sweep
+    from calsync_cli.services import imports as importers
+    from calsync_cli.services import integrations as core
     from calsync_cli.store.db import Store
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -169,10 +169,7 @@ async def run(tmp: Path, sb: RemoteSandbox, n_visits: int, latency: float, sampl
     import httpx2
     from sqlmodel import select
 
-    from calsync_cli import importers
-    from calsync_cli import integrations as core
     from calsync_cli.auth.apps import GOOGLE_SCOPES, MICROSOFT_SCOPES
-    from calsync_cli.auth.clients import http_client
     from calsync_cli.auth.tokens import Tokens, TokenStore
     from calsync_cli.config import load_settings
     from calsync_cli.engine.render import render
@@ -181,6 +178,9 @@ async def run(tmp: Path, sb: RemoteSandbox, n_visits: int, latency: float, sampl
     from calsync_cli.providers.factory import make_provider
     from calsync_cli.providers.google import BATCH_CHUNK
     from calsync_cli.sandbox.testing import google_sign_in, microsoft_sign_in
+    from calsync_cli.services import imports as importers
+    from calsync_cli.services import integrations as core
+    from calsync_cli.services.clients import http_client
     from calsync_cli.store.db import Store
     from calsync_cli.store.models import Integration, Practice, Visit
 

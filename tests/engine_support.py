@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx2
 
-from calsync_cli import importers
-from calsync_cli import integrations as core
 from calsync_cli.auth.apps import GOOGLE_SCOPES, MICROSOFT_SCOPES
 from calsync_cli.auth.tokens import Tokens, TokenStore
 from calsync_cli.config import Settings, load_settings
 from calsync_cli.engine.worker import RunSummary, Worker
 from calsync_cli.sandbox import Sandbox
 from calsync_cli.sandbox.testing import google_sign_in, microsoft_sign_in
+from calsync_cli.services import imports as importers
+from calsync_cli.services import integrations as core
 from calsync_cli.store.db import Store
 from tests.conftest import NOW, PRACTICES, PROVIDERS, write_jsonl
 

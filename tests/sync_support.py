@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlmodel import select
 
-from calsync_cli import importers
 from calsync_cli.config import load_settings
 from calsync_cli.engine.render import event_tag, render
 from calsync_cli.sandbox import Sandbox
+from calsync_cli.services import imports as importers
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import Integration, Practice, Visit
 from tests.conftest import PRACTICES, PROVIDERS, write_jsonl

@@ -42,8 +42,8 @@ def seeded(tmp_path: Path) -> Path:
 
 
 def make_integration(provider: str = "dr-lee") -> int:
-    from calsync_cli import integrations
     from calsync_cli.cli import context
+    from calsync_cli.services import integrations
     from calsync_cli.store.db import Store
 
     store = Store(os.environ["CALSYNC_DB_URL"])

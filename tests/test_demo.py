@@ -22,10 +22,10 @@ import keyring
 import pytest
 from typer.testing import CliRunner
 
-from calsync_cli import demo as core
 from calsync_cli.cli.app import app
 from calsync_cli.errors import CalsyncError
 from calsync_cli.sandbox.browser import follow_sign_in, is_loopback
+from calsync_cli.services import demo as core
 
 runner = CliRunner()
 TITLE = re.compile(r"^\[Main Street Practice\] - [A-Z][a-z]+ [A-Z][a-z]+ - [A-Z][A-Za-z -]+$")

@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from calsync_cli import integrations as core
 from calsync_cli.engine.render import format_name
+from calsync_cli.services import integrations as core
 from calsync_cli.store.models import AuditEntry, Job
 from tests.conftest import visit
 from tests.engine_support import EMAILS, Env, connect
@@ -404,7 +404,7 @@ def test_conflicts_report_foreign_busy_time_only(env: Env, app: str) -> None:
 
 @pytest.mark.parametrize("app", APPS)
 def test_choosing_another_calendar_moves_upcoming_events(env: Env, app: str) -> None:
-    from calsync_cli import connections
+    from calsync_cli.services import connections
 
     iid = connect(env, app)
     past = visit("past", start="2026-11-02T09:00:00-06:00", end="2026-11-02T09:30:00-06:00")

@@ -138,7 +138,7 @@ def test_update_that_landed_then_reverted_shows_the_reverted_content(
 
 
 def _move_to_clinic(env: Env, app: str) -> tuple[str, str]:
-    from calsync_cli import connections
+    from calsync_cli.services import connections
     from tests.engine_support import EMAILS
 
     iid = connect(env, app)
@@ -174,7 +174,7 @@ def test_create_that_landed_then_calendar_changed_moves_it(
     env: Env, app: str, dies_again: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pending create on the calendar the integration has left is removed there."""
-    from calsync_cli import connections
+    from calsync_cli.services import connections
     from tests.engine_support import EMAILS
 
     iid = connect(env, app)

@@ -49,8 +49,6 @@ from hypothesis.stateful import (
 )
 from sqlmodel import SQLModel, col, select
 
-from calsync_cli import connections, importers
-from calsync_cli import integrations as core
 from calsync_cli.auth.apps import GOOGLE_SCOPES, MICROSOFT_SCOPES
 from calsync_cli.auth.tokens import Tokens, TokenStore
 from calsync_cli.config import Settings, load_settings
@@ -61,6 +59,9 @@ from calsync_cli.providers import google as google_api
 from calsync_cli.providers import microsoft as graph_api
 from calsync_cli.sandbox import Sandbox
 from calsync_cli.sandbox.testing import google_sign_in, microsoft_sign_in
+from calsync_cli.services import connections
+from calsync_cli.services import imports as importers
+from calsync_cli.services import integrations as core
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import (
     JOB_FAILED,

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import os
 import stat
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from calsync_cli import importers
-from calsync_cli import integrations as core
 from calsync_cli.errors import ImportValidationError, InputError, StoreError
+from calsync_cli.services import imports as importers
+from calsync_cli.services import integrations as core
 from calsync_cli.store import jobs
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import JOB_RUNNING, Integration, Job, Visit
+from calsync_cli.store.models import JOB_RUNNING, SCHEMA_VERSION, Integration, Job, Visit
 from tests.conftest import NOW, PRACTICES, PROVIDERS, visit, write_jsonl
 
 
@@ -315,7 +316,7 @@ def test_enqueue_direct_is_idempotent(store: Store, tmp_path: Path) -> None:
 
 
 def test_status_fast_path_matches_the_store(tmp_path: Path, db_url: str) -> None:
-    from calsync_cli.store import quick
+    from calsync_cli.store import fast_status as quick
     from calsync_cli.store.models import SCHEMA_VERSION
 
     assert quick.SCHEMA_VERSION == SCHEMA_VERSION
@@ -354,11 +355,34 @@ def test_status_fast_path_matches_the_store(tmp_path: Path, db_url: str) -> None
 
 
 def test_status_fast_path_gives_way_when_the_database_is_unreachable() -> None:
-    from calsync_cli.store import quick
+    from calsync_cli.store import fast_status as quick
 
     assert quick.status_rows("postgresql+psycopg://nobody@127.0.0.1:1/none") is None
     assert quick.status_rows("mysql://x@127.0.0.1/none") is None
     assert quick.status_rows("sqlite://") is None  # in memory: nothing to read
+
+
+V3_COLUMNS = {
+    "integration": ("needs_reauth", "error_source", "f_private", "f_reminders", "filter_version"),
+    "event_link": ("visit_hash", "filter_version"),
+}
+
+
+def _make_v2(session: Any) -> None:
+    """What a version-2 database looked like: no v3 columns, no sealed tokens."""
+    for table, columns in V3_COLUMNS.items():
+        for column in columns:
+            session.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    session.execute(sa.text("DROP TABLE sealed_token"))
+    session.execute(sa.text("UPDATE calsync_meta SET value = '2' WHERE key = 'schema_version'"))
+
+
+def _version(session: Any) -> str:
+    return str(
+        session.execute(
+            sa.text("SELECT value FROM calsync_meta WHERE key = 'schema_version'")
+        ).scalar()
+    )
 
 
 def test_version_1_database_is_upgraded_in_place(db_url: str, tmp_path: Path) -> None:
@@ -367,15 +391,51 @@ def test_version_1_database_is_upgraded_in_place(db_url: str, tmp_path: Path) ->
     s = Store(db_url)
     seed(s, tmp_path)
     with s.write() as session:  # what a version-1 database looked like
+        _make_v2(session)
         session.execute(sa.text("DROP INDEX ix_job_integration_state"))
         session.execute(sa.text("UPDATE calsync_meta SET value = '1' WHERE key = 'schema_version'"))
     s.close()
     s = Store(db_url)
     with s.read() as session:
-        version = session.execute(
-            sa.text("SELECT value FROM calsync_meta WHERE key = 'schema_version'")
-        ).scalar()
         indexes = {ix["name"] for ix in sa.inspect(session.connection()).get_indexes("job")}
-        assert version == "2" and "ix_job_integration_state" in indexes
+        assert _version(session) == str(SCHEMA_VERSION) and "ix_job_integration_state" in indexes
         assert len(core.store_counts(s)) == 3 and core.store_counts(s)["practices"] == 2
+    s.close()
+
+
+def test_version_2_database_gains_the_state_flag_filters_and_render_inputs(
+    db_url: str, tmp_path: Path
+) -> None:
+    """v2 -> v3 in place: "reconnect needed" moves from the status text to the flag, the new
+    filters take their defaults, Google links go back to generation 0, sealed tokens appear."""
+    s = Store(db_url)
+    seed(s, tmp_path)
+    with s.write() as session:
+        _make_v2(session)
+        session.execute(
+            sa.text(
+                "INSERT INTO integration (provider_id, app, direction, paused, status, "
+                "status_detail, created_at, active_since, f_patient_name, f_patient_name_format, "
+                "f_visit_type, f_location, f_notes, f_practice_name, practice_filter, "
+                "provider_filter) VALUES ('dr-lee', 'google', 'push', :f, 'Error', "
+                "'reconnect needed: calsync connect google --provider dr-lee', :now, :now, :t, "
+                "'full', :t, :t, :f, :t, '[]', '[]')"
+            ),
+            {"f": False, "t": True, "now": datetime(2026, 11, 1)},
+        )
+    s.close()
+    s = Store(db_url)
+    with s.read() as session:
+        assert _version(session) == "3"
+        columns = {
+            t: {c["name"] for c in sa.inspect(session.connection()).get_columns(t)}
+            for t in V3_COLUMNS
+        }
+        for table, wanted in V3_COLUMNS.items():
+            assert set(wanted) <= columns[table]
+        assert sa.inspect(session.connection()).has_table("sealed_token")
+        row = session.execute(
+            sa.text("SELECT needs_reauth, f_private, f_reminders, filter_version FROM integration")
+        ).one()
+        assert (bool(row[0]), bool(row[1]), row[2], row[3]) == (True, True, None, 0)
     s.close()

@@ -19,7 +19,6 @@ and by ``calsync disconnect``::
 from calsync_cli.auth.apps import (
     GOOGLE_SCOPES,
     MICROSOFT_SCOPES,
-    AppName,
     OAuthApp,
     oauth_app,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "GOOGLE_SCOPES",
     "MICROSOFT_SCOPES",
     "SERVICE",
-    "AppName",
     "KeyringTokenSource",
     "LoopbackListener",
     "OAuthApp",

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from calsync_cli.apps import App
 from calsync_cli.config import Settings
 from calsync_cli.errors import ConfigError, InputError
-
-AppName = Literal["google", "outlook"]
 
 GOOGLE_SCOPES: tuple[str, ...] = (
     # create, update and delete events; also read them, which pull mode uses for busy time
@@ -47,7 +46,7 @@ class OAuthApp:
     ``http://localhost`` whatever the port, so Outlook uses ``http://localhost:PORT``.
     """
 
-    name: AppName
+    name: App
     client_id: str
     client_secret: str | None
     authorize_url: str

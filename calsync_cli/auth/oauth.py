@@ -19,10 +19,12 @@ from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
 
+from calsync_cli.apps import connect_command
 from calsync_cli.auth.apps import OAuthApp
 from calsync_cli.auth.loopback import DEFAULT_TIMEOUT, LoopbackListener
 from calsync_cli.auth.tokens import Tokens, TokenStore, utcnow
 from calsync_cli.errors import AuthError
+from calsync_cli.providers._http import client_options
 from calsync_cli.providers.base import (
     RateLimited,
     ReauthRequired,
@@ -32,25 +34,6 @@ from calsync_cli.providers.base import (
 
 #: seconds before expiry at which an access token counts as expired
 REFRESH_LEEWAY = 60.0
-HTTP_TIMEOUT = 30.0
-#: loopback (the sandbox, ``calsync demo``) is reached directly, never through a proxy named in
-#: HTTP(S)_PROXY / ALL_PROXY: a corporate proxy cannot reach this machine's 127.0.0.1. Real
-#: providers still go through the proxy. (httpx2 mounts; None means "no proxy".)
-DIRECT_LOOPBACK: dict[str, None] = {
-    "all://127.0.0.1": None,
-    "all://localhost": None,
-    "all://[::1]": None,
-}
-
-
-def client_options(transport: Any = None, timeout: Any = HTTP_TIMEOUT) -> dict[str, Any]:
-    """Keyword arguments for every httpx2 client calsync makes (Authlib's included)."""
-    options: dict[str, Any] = {"timeout": timeout, "mounts": DIRECT_LOOPBACK}
-    if transport is not None:
-        options["transport"] = transport
-    return options
-
-
 MICROSOFT_CONSENT_PAGES = (
     "https://account.live.com/consent/Manage (personal account) or "
     "https://myapplications.microsoft.com (work or school account)"
@@ -64,8 +47,7 @@ def _error_code(exc: OAuthError) -> str:
 
 def reconnect_hint(app: OAuthApp | str, provider_id: str | None) -> str:
     name = app.name if isinstance(app, OAuthApp) else app
-    target = provider_id if provider_id is not None else "<ID>"
-    return f"Run: calsync connect {name} --provider {target}"
+    return f"Run: {connect_command(name, provider_id)}"
 
 
 # -- sign-in ---------------------------------------------------------------------------------

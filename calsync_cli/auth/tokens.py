@@ -19,7 +19,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -153,9 +153,6 @@ class Tokens:
             scope=scope if isinstance(scope, str) else None,
             token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
         )
-
-    def with_expiry(self, expires_at: datetime | None) -> Tokens:
-        return replace(self, expires_at=expires_at)
 
 
 #: One keyring call at a time in this process. A sync run refreshes several integrations'

@@ -116,7 +116,7 @@ def connect(
     integration in again. Without --calendar calsync asks on a terminal, else the integration
     stays Pending until 'calsync calendars select'.
     """
-    from calsync_cli import connections, integrations
+    from calsync_cli.services import connections, integrations
 
     opts = connections.ConnectOptions(
         app=app_name.value,
@@ -164,7 +164,7 @@ def connect(
 @calendars.command("list")
 def calendars_list(integration: IntegrationArg, as_json: JsonOpt = False) -> None:
     """List the account's calendars: id, name, primary, writable."""
-    from calsync_cli import connections
+    from calsync_cli.services import connections
 
     ref, cals = connections.list_calendars(
         context.settings(), context.store(), integration, now=context.now
@@ -210,7 +210,7 @@ def calendars_select(
 
     Upcoming visits are queued again, so the next sync moves their events to this calendar.
     """
-    from calsync_cli import connections
+    from calsync_cli.services import connections
 
     result = connections.select_calendar(
         context.settings(), context.store(), integration, calendar_id, now=context.now
@@ -249,8 +249,8 @@ def disconnect(
     integrations of that account must reconnect); Microsoft has no single-token revocation,
     so calsync deletes its tokens and says where to remove the app's access.
     """
-    from calsync_cli import connections
     from calsync_cli.errors import CalsyncError, InputError
+    from calsync_cli.services import connections
 
     store = context.store()
     ref = connections.load(store, integration)

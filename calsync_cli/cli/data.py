@@ -11,7 +11,7 @@ from calsync_cli.cli import context, output
 from calsync_cli.cli.options import JsonOpt
 
 if TYPE_CHECKING:
-    from calsync_cli.importers import Kind
+    from calsync_cli.services.imports import Kind
 
 PROGRESS_ROWS = 5000
 
@@ -37,7 +37,7 @@ FormatOpt = Annotated[
 
 
 def _run_import(kind: Kind, file: str, fmt: str | None, as_json: bool) -> None:
-    from calsync_cli import importers
+    from calsync_cli.services import imports as importers
 
     store = context.store()
     size_hint = _rows_hint(file)
@@ -157,7 +157,7 @@ def visits_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List stored visits, earliest first, in each practice's time zone."""
-    from calsync_cli import queries
+    from calsync_cli.services import visits as queries
 
     rows = queries.list_visits(
         context.store(),

@@ -12,7 +12,7 @@ from calsync_cli.cli.integrations import status_table
 from calsync_cli.cli.options import JsonOpt
 
 if TYPE_CHECKING:
-    from calsync_cli.demo import DemoResult
+    from calsync_cli.services.demo import DemoResult
 
 sandbox = typer.Typer(
     help="The local provider sandbox: fake Google and Microsoft services.", no_args_is_help=True
@@ -80,7 +80,7 @@ def demo(
     dr-patel to Outlook through the real sign-in, sync, and show the events that arrived.
     Your own configuration, database and keyring are not touched.
     """
-    from calsync_cli.demo import DemoHooks, run_demo
+    from calsync_cli.services.demo import DemoHooks, run_demo
 
     say = (lambda text: None) if as_json else output.say
     with output.progress_bar("demo", enabled=not as_json) as bar:

@@ -88,17 +88,17 @@ def status(
     failed; calsync keeps retrying; see the detail) or Disconnected. Given one INTEGRATION, it
     also lists its latest jobs that failed for good: visit id, start, and the error.
     """
-    from calsync_cli.store import quick
+    from calsync_cli.store import fast_status as quick
 
     rows = quick.status_rows(context.settings().db_url, integration)
     if rows is None:
-        from calsync_cli import integrations as core
+        from calsync_cli.services import integrations as core
 
         rows = core.status_rows(context.store(), integration)
 
     def human() -> None:
         if not rows:
-            from calsync_cli import integrations as core
+            from calsync_cli.services import integrations as core
 
             counts = core.store_counts(context.store())
             have = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
@@ -133,7 +133,7 @@ def _show_filters(data: dict[str, Any]) -> None:
 @filters.command("show")
 def filters_show(integration: IntegrationArg, as_json: JsonOpt = False) -> None:
     """Show what an integration's events disclose, and which visits it syncs."""
-    from calsync_cli import integrations as core
+    from calsync_cli.services import integrations as core
 
     data = core.show_filters(context.store(), integration)
     output.render(data, as_json, lambda: _show_filters(data))
@@ -197,8 +197,8 @@ def filters_set(
 
       calsync filters set 1 --no-patient-name
     """
-    from calsync_cli import integrations as core
     from calsync_cli.errors import InputError
+    from calsync_cli.services import integrations as core
 
     if all_practices and practice:
         raise InputError(
@@ -244,7 +244,7 @@ def direction(
     as_json: JsonOpt = False,
 ) -> None:
     """Choose the sync direction of an integration."""
-    from calsync_cli import integrations as core
+    from calsync_cli.services import integrations as core
 
     data = core.set_direction(context.store(), integration, mode.value, now=context.now())
     output.render(
@@ -265,7 +265,7 @@ def toggle(
     While paused nothing is pushed. Visits that change while paused are not backfilled when
     you resume: only later changes sync.
     """
-    from calsync_cli import integrations as core
+    from calsync_cli.services import integrations as core
 
     data = core.toggle(context.store(), integration, pause, now=context.now())
     word = "paused" if data["paused"] else "resumed"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REAUTH = 0, 1, 2, 4
+EXIT_FAILURE = 1
 
 
 class State:

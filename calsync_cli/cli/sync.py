@@ -105,7 +105,7 @@ async def _pull() -> list[Any]:
 
 
 def _paused(integration_id: int) -> bool:
-    from calsync_cli.integrations import get
+    from calsync_cli.services.integrations import get
 
     with context.store().read() as session:
         return bool(get(session, integration_id).paused)

@@ -17,11 +17,11 @@ from sqlmodel import col, select
 
 from calsync_cli.config import Settings
 from calsync_cli.errors import InputError
-from calsync_cli.integrations import get
 from calsync_cli.providers.base import BusyBlock, ProviderError, ReauthRequired
-from calsync_cli.store import jobs
+from calsync_cli.store import jobs, states
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import Integration, Visit
+from calsync_cli.store.integrations import get
+from calsync_cli.store.models import DISCONNECTED, Integration, Visit
 
 HORIZON = timedelta(days=14)
 OWN_TAG_PREFIX = "calsync-"
@@ -105,7 +105,7 @@ async def pull(
 ) -> list[PullResult]:
     """Read each pulling integration's busy time over [now, now + horizon)."""
     if open_provider is None:
-        from calsync_cli.auth.clients import open_provider as default_open
+        from calsync_cli.services.clients import open_provider as default_open
 
         open_provider = default_open
     with store.read() as session:
@@ -145,24 +145,20 @@ async def pull(
 
 
 def _record(store: Store, results: list[PullResult], now: datetime) -> None:
-    from calsync_cli.auth.oauth import reconnect_hint
-    from calsync_cli.store.queue import REAUTH_PREFIX
-
     with store.write() as session:
         for result in results:
             integ = session.get(Integration, result.integration)
             if integ is None:
                 continue
             if result.needs_reauth:
-                integ.status = "Error"
-                integ.status_detail = (
-                    f"{REAUTH_PREFIX}: {reconnect_hint(integ.app, integ.provider_id)}"
-                )
+                states.mark_reauth(session, integ, now=now)
             elif result.error:
-                integ.status, integ.status_detail = "Error", f"pull failed: {result.error}"
-            else:
+                states.mark_error(
+                    session, integ, now=now, source="pull", detail=f"pull failed: {result.error}"
+                )
+            elif integ.status != DISCONNECTED:
                 integ.pulled_at = now
-                if integ.direction == "pull":
-                    integ.status, integ.status_detail = "Active", None
-                    integ.last_synced_at = now
-            session.add(integ)
+                session.add(integ)
+                states.mark_active(
+                    session, integ, now=now, source="pull", synced=integ.direction == "pull"
+                )

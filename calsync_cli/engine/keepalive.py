@@ -18,9 +18,9 @@ from sqlmodel import select
 from calsync_cli.config import Settings
 from calsync_cli.errors import CalsyncError
 from calsync_cli.providers.base import ProviderError, ReauthRequired
+from calsync_cli.store import states
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import Integration
-from calsync_cli.store.queue import REAUTH_PREFIX
+from calsync_cli.store.models import DISCONNECTED, Integration
 
 IDLE = timedelta(days=7)
 
@@ -28,16 +28,18 @@ IDLE = timedelta(days=7)
 async def keep_alive(
     store: Store, settings: Settings, *, now: datetime, idle: timedelta = IDLE
 ) -> dict[str, Any]:
-    from calsync_cli.auth.clients import token_source
-    from calsync_cli.auth.oauth import reconnect_hint
     from calsync_cli.auth.tokens import TokenStore
+    from calsync_cli.services.clients import token_source
 
     with store.read() as session:
-        integrations = [
-            i
-            for i in session.exec(select(Integration).where(Integration.status != "Disconnected"))
-            if not (i.status_detail or "").startswith(REAUTH_PREFIX)
-        ]
+        integrations = list(
+            session.exec(
+                select(Integration).where(
+                    Integration.status != DISCONNECTED,
+                    Integration.needs_reauth == False,  # noqa: E712
+                )
+            )
+        )
     tokens_store = TokenStore()
     refreshed: list[int] = []
     reauth: list[int] = []
@@ -62,9 +64,5 @@ async def keep_alive(
             for iid in reauth:
                 integ = session.get(Integration, iid)
                 if integ is not None:
-                    integ.status = "Error"
-                    integ.status_detail = (
-                        f"{REAUTH_PREFIX}: {reconnect_hint(integ.app, integ.provider_id)}"
-                    )
-                    session.add(integ)
+                    states.mark_reauth(session, integ, now=now)
     return {"refreshed": sorted(refreshed), "reauth_needed": sorted(reauth), "errors": errors}

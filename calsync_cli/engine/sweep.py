@@ -24,6 +24,7 @@ from calsync_cli.config import Settings
 from calsync_cli.engine.render import render
 from calsync_cli.engine.worker import PENDING_CREATE
 from calsync_cli.errors import InputError
+from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import jobs, queue
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import JOB_FAILED, EventLink, Job, Practice, Visit
@@ -57,7 +58,7 @@ def sweep(
     # work, and writers would wait for it); queuing is idempotent, so work found here that a
     # worker completes meanwhile only costs it a skip (the content hash is equal).
     with store.read() as session:
-        for integ in jobs.pushing_integrations(session):
+        for integ in store_integrations.pushing(session):
             assert integ.id is not None
             work = planned.setdefault(integ.id, [])
             since = max(now - lookback, integ.active_since)
@@ -117,7 +118,7 @@ def sweep(
     with store.write() as session:
         # only integrations that still take pushed work (one may have been paused or
         # disconnected meanwhile)
-        pushing = jobs.pushing_integrations(session)
+        pushing = store_integrations.pushing(session)
         for integ in pushing:
             assert integ.id is not None
             n = jobs.enqueue(session, planned.get(integ.id, []), now)

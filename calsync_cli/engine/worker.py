@@ -51,7 +51,7 @@ from calsync_cli.providers.base import (
     RateLimited,
     ReauthRequired,
 )
-from calsync_cli.store import audit, jobs, queue
+from calsync_cli.store import audit, jobs, queue, states
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import JOB_RUNNING, EventLink, Integration, Job
 
@@ -190,7 +190,7 @@ class Worker:
         self.lease = lease
         self.claim_limit = claim_limit
         if open_provider is None:
-            from calsync_cli.auth.clients import open_provider as default_open
+            from calsync_cli.services.clients import open_provider as default_open
 
             open_provider = default_open
         self.open_provider = open_provider
@@ -247,7 +247,7 @@ class Worker:
     def _http_client(self) -> Any:
         if "client" in self.provider_options:
             return None
-        from calsync_cli.auth.clients import http_client
+        from calsync_cli.services.clients import http_client
 
         return http_client()
 
@@ -631,21 +631,15 @@ class Worker:
                         at = retry_at(job.attempts, now, retry_after=after, rng=self.rng)
                         queue.reschedule(session, job, now=now, at=at, error=error)
             fresh = session.get(Integration, integ.id)
-            if fresh is not None and fresh.status != "Disconnected":
+            if fresh is not None:
                 if summary.needs_reauth:
-                    from calsync_cli.auth.oauth import reconnect_hint
-
-                    fresh.status = "Error"
-                    fresh.status_detail = (
-                        f"{queue.REAUTH_PREFIX}: {reconnect_hint(fresh.app, fresh.provider_id)}"
-                    )
+                    states.mark_reauth(session, fresh, now=now)
                 elif last_error is not None:
-                    fresh.status, fresh.status_detail = "Error", last_error
+                    states.mark_error(session, fresh, now=now, source="push", detail=last_error)
+                    if success:
+                        states.mark_active(session, fresh, now=now, source="push", synced=True)
                 elif success:
-                    fresh.status, fresh.status_detail = "Active", None
-                if success:
-                    fresh.last_synced_at = now
-                session.add(fresh)
+                    states.mark_active(session, fresh, now=now, source="push", synced=True)
         summary.error = last_error
         return summary
 

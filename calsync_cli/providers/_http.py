@@ -38,6 +38,26 @@ MESSAGE_LIMIT = 200
 DEFAULT_RETRY_BUDGET = 30.0
 
 
+#: seconds for one OAuth or API exchange
+HTTP_TIMEOUT = 30.0
+#: loopback (the sandbox, ``calsync demo``) is reached directly, never through a proxy named in
+#: HTTP(S)_PROXY / ALL_PROXY: a corporate proxy cannot reach this machine's 127.0.0.1. Real
+#: providers still go through the proxy. (httpx2 mounts; None means "no proxy".)
+DIRECT_LOOPBACK: dict[str, None] = {
+    "all://127.0.0.1": None,
+    "all://localhost": None,
+    "all://[::1]": None,
+}
+
+
+def client_options(transport: Any = None, timeout: Any = HTTP_TIMEOUT) -> dict[str, Any]:
+    """Keyword arguments for every httpx2 client calsync makes (Authlib's included)."""
+    options: dict[str, Any] = {"timeout": timeout, "mounts": DIRECT_LOOPBACK}
+    if transport is not None:
+        options["transport"] = transport
+    return options
+
+
 def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
     """Collapse whitespace to one line and cut it to ``limit`` characters."""
     flat = " ".join(str(text).split())

@@ -10,6 +10,10 @@
     ├── AuthExpired               the access token was refused (401); refresh it and repeat at once
     ├── ReauthRequired            the grant is gone (``invalid_grant``): the user must reconnect
     ├── PermissionDenied          the account may not do this (read-only calendar, missing scope)
+    ├── CalendarUnavailable       the target calendar is gone, or calsync lost write access to it:
+    │                             the integration needs a new calendar choice (jobs are held)
+    ├── EventIdTaken              a create's id belongs to an event that cannot be restored (Google:
+    │                             deleted in the Calendar UI): create under the next generation
     └── InvalidRequest            the provider rejected the request as malformed (400-class): final
 
 The engine never sees an HTTP status code; it sees these classes. ``retryable`` says whether a
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -91,6 +95,18 @@ class PermissionDenied(ProviderError):
     """The account may not do this (a read-only calendar, a missing scope)."""
 
 
+class CalendarUnavailable(ProviderError):
+    """The integration's calendar is gone (404) or no longer writable (403): only a new calendar
+    choice helps (``calsync calendars select ID CAL_ID``). Not retryable; the engine holds the
+    integration's jobs and puts it in Error with that fix."""
+
+
+class EventIdTaken(ProviderError):
+    """A create's id is held by an event that cannot be brought back (Google answers 409
+    ``duplicate`` to the insert, then 403/404 to restoring it: an event deleted in the Calendar UI
+    or purged). The engine creates the event again under the visit's next generation."""
+
+
 class InvalidRequest(ProviderError):
     """The provider rejected the request as invalid; repeating it will not help."""
 
@@ -149,7 +165,6 @@ class OperationResult:
 
     event_id: str | None = None
     error: ProviderError | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class CalendarProvider(abc.ABC):
@@ -164,6 +179,16 @@ class CalendarProvider(abc.ABC):
     max_batch: int = 1
     #: how many requests may be in flight at once for one account
     max_concurrency: int = 4
+
+    # Capabilities: how the service treats repeated and restored creates. The engine's plan reads
+    # these, never the app's name; the conformance suite asserts them per provider.
+
+    #: a create with the id of an event deleted earlier restores that event (Google keeps deleted
+    #: events under their id), so a visit keeps one key for life and a delete does not move it on
+    create_restores_deleted: bool = False
+    #: a repeated create answers the event as it was first created, unchanged (Graph's
+    #: ``transactionId``): after repeating a create that may have landed, update the event
+    repeated_create_returns_original: bool = False
 
     @abc.abstractmethod
     async def account(self) -> str:

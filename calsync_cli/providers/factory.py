@@ -1,18 +1,30 @@
-"""Build the ``CalendarProvider`` for an integration's app from the settings."""
+"""Build provider clients: the shared async HTTP client, and the ``CalendarProvider`` of an app."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 
+from calsync_cli.apps import App
 from calsync_cli.config import Settings
+from calsync_cli.providers._http import client_options
 from calsync_cli.providers.base import CalendarProvider, TokenSource
 from calsync_cli.providers.google import GoogleCalendarProvider
 from calsync_cli.providers.microsoft import OutlookCalendarProvider
 
-App = Literal["google", "outlook"]
-APPS: tuple[App, ...] = ("google", "outlook")
+#: one API exchange: 30 s in all, 10 s to connect
+API_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
+
+HttpClient = httpx2.AsyncClient
+
+
+def http_client(max_connections: int = 100) -> httpx2.AsyncClient:
+    """The async HTTP client the providers share (one per run)."""
+    limits = httpx2.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx2.AsyncClient(limits=limits, **client_options(timeout=API_TIMEOUT))
 
 
 def make_provider(

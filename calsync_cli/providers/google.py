@@ -290,6 +290,7 @@ class GoogleCalendarProvider(CalendarProvider):
 
     max_batch = BATCH_CHUNK
     max_concurrency = 4
+    create_restores_deleted = True
 
     def __init__(
         self,

@@ -204,6 +204,7 @@ class OutlookCalendarProvider(CalendarProvider):
 
     max_batch = BATCH_LIMIT
     max_concurrency = 4
+    repeated_create_returns_original = True
 
     def __init__(
         self,

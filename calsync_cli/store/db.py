@@ -38,8 +38,40 @@ def _v2_job_counts_index(conn: Connection) -> None:
     )
 
 
+def _v3_states_filters_render_inputs(conn: Connection) -> None:
+    """The integration's "needs reconnect" flag (was a prefix of ``status_detail``), the private
+    and reminders filters, a filter version, each link's render inputs, and sealed tokens.
+    Google links keep generation 0 (a create with a deleted event's id restores it)."""
+    false, true = ("false", "true") if conn.dialect.name == "postgresql" else ("0", "1")
+    for ddl in (
+        f"ALTER TABLE integration ADD COLUMN needs_reauth BOOLEAN NOT NULL DEFAULT {false}",
+        "ALTER TABLE integration ADD COLUMN error_source VARCHAR",
+        f"ALTER TABLE integration ADD COLUMN f_private BOOLEAN NOT NULL DEFAULT {true}",
+        "ALTER TABLE integration ADD COLUMN f_reminders BOOLEAN",
+        "ALTER TABLE integration ADD COLUMN filter_version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE event_link ADD COLUMN visit_hash VARCHAR",
+        "ALTER TABLE event_link ADD COLUMN filter_version INTEGER",
+    ):
+        conn.exec_driver_sql(ddl)
+    conn.execute(
+        sa.text(
+            f"UPDATE integration SET needs_reauth = {true} "
+            "WHERE status = 'Error' AND status_detail LIKE :prefix"
+        ),
+        {"prefix": "reconnect needed%"},
+    )
+    conn.exec_driver_sql(
+        "UPDATE event_link SET generation = 0 WHERE integration_id IN "
+        "(SELECT id FROM integration WHERE app = 'google')"
+    )
+    SQLModel.metadata.tables[models.SealedToken.__tablename__].create(conn, checkfirst=True)
+
+
 #: version reached -> step that upgrades from the version before it
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_job_counts_index}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _v2_job_counts_index,
+    3: _v3_states_filters_render_inputs,
+}
 
 
 def _sqlite_path(url: sa.URL) -> Path | None:

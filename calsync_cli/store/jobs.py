@@ -34,17 +34,6 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def pushing_integrations(session: Session) -> list[Integration]:
-    """Integrations that receive pushed work now: connected, unpaused, calendar chosen."""
-    stmt = select(Integration).where(
-        Integration.status != "Disconnected",
-        Integration.paused == False,  # noqa: E712
-        col(Integration.calendar_id).is_not(None),
-        col(Integration.direction).in_(("push", "two-way")),
-    )
-    return list(session.exec(stmt))
-
-
 def matches(integration: Integration, practice_id: str, provider_id: str) -> bool:
     """Whether a visit of this practice and provider belongs on the integration's calendar."""
     if integration.practice_filter and practice_id not in integration.practice_filter:

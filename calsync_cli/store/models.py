@@ -9,13 +9,13 @@ import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 VISIT_STATUSES = ("scheduled", "confirmed", "checked_in", "completed", "no_show", "cancelled")
 DIRECTIONS = ("push", "pull", "two-way")
-STATUSES = ("Active", "Pending", "Error", "Disconnected")
+#: an integration's state (``Integration.status``); changed only through ``store.states``
+ACTIVE, PENDING, ERROR, DISCONNECTED = "Active", "Pending", "Error", "Disconnected"
 NAME_FORMATS = ("full", "short", "initials")
-APPS = ("google", "outlook")
 
 #: job states; the first three are "live": at most one live job per (integration, visit)
 JOB_QUEUED, JOB_RUNNING, JOB_HELD = "queued", "running", "held"
@@ -106,7 +106,12 @@ class Integration(SQLModel, table=True):
     direction: str = "push"
     paused: bool = False
     status: str = "Pending"
+    #: what the status means, for people only: never read to decide anything
     status_detail: str | None = None
+    #: the grant is gone: jobs are held until someone signs in again (v3)
+    needs_reauth: bool = False
+    #: which half failed while Error: "push" or "pull" (each clears only its own) (v3)
+    error_source: str | None = None
     last_synced_at: datetime | None = _utc_col()
     created_at: datetime = _utc_col(nullable=False)
     #: changes from this instant on are the integration's to sync (connect, resume, reconnect)
@@ -118,6 +123,14 @@ class Integration(SQLModel, table=True):
     f_location: bool = True
     f_notes: bool = False
     f_practice_name: bool = True
+    #: mark events private (Google visibility, Outlook sensitivity) (v3)
+    f_private: bool = True
+    #: reminders on synced events: None = the app's default (Outlook off, Google the calendar's
+    #: default reminders), True = on, False = off (v3)
+    f_reminders: bool | None = None
+    #: bumped on every change that alters rendering (filters, calendar): links rendered under an
+    #: older version are stale (v3)
+    filter_version: int = 0
     # practice and provider filters: empty means all
     practice_filter: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     provider_filter: list[str] = Field(default_factory=list, sa_type=sa.JSON)
@@ -138,6 +151,10 @@ class EventLink(SQLModel, table=True):
     #: bumped after each delete so the next create gets a fresh idempotency key
     generation: int = 0
     synced_at: datetime | None = _utc_col()
+    #: the inputs of the last render sent: the visit's content hash and the integration's
+    #: filter version, so staleness is a question the database answers (v3)
+    visit_hash: str | None = None
+    filter_version: int | None = None
 
 
 class Job(SQLModel, table=True):
@@ -185,3 +202,14 @@ class AuditEntry(SQLModel, table=True):
     visit_id: str | None = None
     fields: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     detail: str | None = None
+
+
+class SealedToken(SQLModel, table=True):
+    """An integration's tokens sealed with authenticated encryption (``CALSYNC_TOKEN_STORE=
+    database``); the key never enters the database, only its fingerprint (v3)."""
+
+    __tablename__ = "sealed_token"
+    integration_id: int = Field(primary_key=True)
+    ciphertext: str
+    key_fingerprint: str
+    updated_at: datetime = _utc_col(nullable=False)

@@ -30,7 +30,6 @@ from calsync_cli.store.models import (
     Visit,
 )
 
-REAUTH_PREFIX = "reconnect needed"
 #: how long finished jobs (done, or dropped by a disconnect) are kept before the sweep prunes them
 FINISHED_RETENTION = timedelta(days=7)
 
@@ -54,10 +53,7 @@ def claim(
             Integration.paused == False,  # noqa: E712
             col(Integration.calendar_id).is_not(None),
             col(Integration.direction).in_(("push", "two-way")),
-            sa.or_(
-                col(Integration.status_detail).is_(None),
-                sa.not_(col(Integration.status_detail).startswith(REAUTH_PREFIX)),
-            ),
+            Integration.needs_reauth == False,  # noqa: E712
         )
         .scalar_subquery()
     )

@@ -20,7 +20,8 @@ from typing import Any, Literal, TypeVar
 
 from sqlmodel import Session, col, select
 
-from calsync_cli import integrations
+from calsync_cli.apps import App as AppName
+from calsync_cli.apps import app_name, connect_command
 from calsync_cli.auth import (
     DEFAULT_TIMEOUT,
     OAuthApp,
@@ -32,7 +33,6 @@ from calsync_cli.auth import (
     revoke,
     sign_in,
 )
-from calsync_cli.auth.clients import http_client, open_provider
 from calsync_cli.config import Settings
 from calsync_cli.errors import CalsyncError, InputError, NotFoundError
 from calsync_cli.errors import ReauthRequired as ReauthRequiredError
@@ -43,14 +43,14 @@ from calsync_cli.providers.base import (
     StaticTokenSource,
 )
 from calsync_cli.providers.factory import make_provider
-from calsync_cli.store import audit
+from calsync_cli.services import integrations
+from calsync_cli.services.clients import http_client, open_provider
+from calsync_cli.store import audit, states
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import Integration, Provider
 
 T = TypeVar("T")
 
-AppName = Literal["google", "outlook"]
-APP_NAMES: tuple[AppName, ...] = ("google", "outlook")
 
 #: the readable name of each disclosed field (``integrations.disclosed_fields``)
 FIELD_LABELS = {
@@ -67,31 +67,9 @@ FIELD_LABELS = {
 # -- small helpers ----------------------------------------------------------------------------
 
 
-def connect_command(app: str, provider_id: str) -> str:
-    """The exact command that signs an integration in again."""
-    return f"calsync connect {app} --provider {provider_id}"
-
-
-def reconnect_detail(app: str, provider_id: str) -> str:
-    return f"reconnect needed: {connect_command(app, provider_id)}"
-
-
-def pending_detail(integration_id: int) -> str:
-    return (
-        f"choose a calendar: calsync calendars select {integration_id} CAL_ID "
-        f"(see calsync calendars list {integration_id})"
-    )
-
-
 def _app_name(app: str) -> AppName:
     name = app.strip().lower()
-    if name == "microsoft":
-        name = "outlook"
-    if name == "google":
-        return "google"
-    if name == "outlook":
-        return "outlook"
-    raise InputError(f"unknown calendar app {app!r}", hint="Use google or outlook")
+    return app_name("outlook" if name == "microsoft" else name)
 
 
 def _label(field: str) -> str:
@@ -387,11 +365,7 @@ def _store_connection(
                 )
             assert integ.id is not None
             iid = integ.id
-            if integ.calendar_id:
-                integ.status, integ.status_detail = "Active", None
-            else:
-                integ.status, integ.status_detail = "Pending", pending_detail(iid)
-            session.add(integ)
+            states.mark_active(session, integ, now=now, source="connect", revive=True, audited=True)
             queued = 0
             if chosen is not None and calendar_changed:
                 audit.record(
@@ -439,13 +413,7 @@ def mark_reconnect_needed(store: Store, ref: IntegrationRef, *, now: datetime) -
     """Set the integration to Error "reconnect needed: <command>" (the grant is gone)."""
     with store.write() as session:
         integ = integrations.get(session, ref.id)
-        if integ.status == "Disconnected":
-            return
-        detail = reconnect_detail(ref.app, ref.provider_id)
-        if integ.status != "Error" or integ.status_detail != detail:
-            integ.status, integ.status_detail = "Error", detail
-            session.add(integ)
-            audit.record(session, "reauth_required", now=now, integration_id=ref.id)
+        states.mark_reauth(session, integ, now=now)
 
 
 def _with_provider(
@@ -517,8 +485,8 @@ def select_calendar(
         previous = integ.calendar_id
         was_active = integ.status == "Active"
         integ.calendar_id, integ.calendar_name = cal.id, cal.name
-        integ.status, integ.status_detail = "Active", None
         session.add(integ)
+        states.mark_active(session, integ, now=at, source="connect", audited=True)
         queued = 0
         if previous != cal.id or not was_active:
             audit.record(
@@ -630,9 +598,7 @@ def disconnect(
         dropped = integrations.drop_live_jobs(
             session, integration_id, now=at, reason="integration disconnected"
         )
-        integ.status = "Disconnected"
-        integ.status_detail = f"disconnected; to reconnect: {ref.reconnect}"
-        session.add(integ)
+        states.mark_disconnected(session, integ, now=at, audited=True)
         audit.record(
             session,
             "disconnect",
@@ -650,9 +616,7 @@ def disconnect(
             )
             for other in session.exec(stmt):
                 assert other.id is not None
-                other.status = "Error"
-                other.status_detail = reconnect_detail("google", other.provider_id)
-                session.add(other)
+                states.mark_reauth(session, other, now=at, audited=True)
                 audit.record(
                     session,
                     "reauth_required",

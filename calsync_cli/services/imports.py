@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from calsync_cli.errors import ImportValidationError, InputError
+from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import jobs
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import VISIT_STATUSES, Practice, Provider, Visit
@@ -395,7 +396,7 @@ def _write_simple(
         visits = list(session.exec(stmt))
         work = [
             (integ.id, vid, "upsert")
-            for integ in jobs.pushing_integrations(session)
+            for integ in store_integrations.pushing(session)
             for vid, pid, prov in visits
             if integ.id is not None and jobs.matches(integ, pid, prov)
         ]
@@ -464,7 +465,7 @@ def _write_visits(
         if progress:
             progress("writing", written, total)
 
-    integrations = [i for i in jobs.pushing_integrations(session) if i.id is not None]
+    integrations = [i for i in store_integrations.pushing(session) if i.id is not None]
     work: list[tuple[int, str, str]] = []
     if integrations:
         for record in new:

@@ -1,4 +1,8 @@
-"""Open a provider client for a stored integration: keyring tokens + httpx2 + the app's API."""
+"""Provider clients for a stored integration: its tokens + the shared HTTP client + the app's API.
+
+This is where the pieces meet (the composition root): the engine receives ``open_provider`` and
+``token_source`` from here and never imports ``auth`` itself.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx2
-
 from calsync_cli.auth.apps import oauth_app
-from calsync_cli.auth.oauth import KeyringTokenSource, client_options
+from calsync_cli.auth.oauth import KeyringTokenSource
 from calsync_cli.auth.tokens import TokenStore
 from calsync_cli.config import Settings
 from calsync_cli.providers.base import CalendarProvider
-from calsync_cli.providers.factory import make_provider
+from calsync_cli.providers.factory import HttpClient, http_client, make_provider
 
-HTTP_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
-
-
-def http_client(max_connections: int = 100) -> httpx2.AsyncClient:
-    """The async HTTP client the providers share (one per run)."""
-    limits = httpx2.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    return httpx2.AsyncClient(limits=limits, **client_options(timeout=HTTP_TIMEOUT))
+__all__ = ["http_client", "open_provider", "token_source"]
 
 
 def token_source(
@@ -41,7 +35,7 @@ async def open_provider(
     integration_id: int,
     provider_id: str,
     *,
-    client: httpx2.AsyncClient | None = None,
+    client: HttpClient | None = None,
     **kw: Any,
 ) -> AsyncIterator[CalendarProvider]:
     """A provider client for one integration; closes the HTTP client when it made it."""

@@ -14,7 +14,9 @@ from sqlmodel import Session, col, func, select
 
 from calsync_cli.errors import InputError, NotFoundError
 from calsync_cli.store import audit, jobs
+from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store.db import Store
+from calsync_cli.store.integrations import get as get
 from calsync_cli.store.models import (
     DIRECTIONS,
     JOB_DROPPED,
@@ -30,15 +32,6 @@ from calsync_cli.store.models import (
 )
 
 PRIVACY_FLAGS = ("patient_name", "visit_type", "location", "notes", "practice_name")
-
-
-def get(session: Session, integration_id: int) -> Integration:
-    integ = session.get(Integration, integration_id)
-    if integ is None:
-        raise NotFoundError(
-            f"no integration {integration_id}", hint="Run 'calsync status' to list integrations"
-        )
-    return integ
 
 
 def refuse_disconnected(integration_id: int, status: str, app: str, provider_id: str) -> None:
@@ -222,7 +215,7 @@ def requeue_upcoming(session: Session, integ: Integration, *, now: datetime) -> 
     Used after a filter change or a calendar choice: the worker then creates, re-renders, moves
     or deletes each event as the visit and the filters now say. Past visits are left alone.
     """
-    if integ.id is None or integ not in jobs.pushing_integrations(session):
+    if integ.id is None or integ not in store_integrations.pushing(session):
         return 0
     linked = set(
         session.exec(

@@ -33,13 +33,14 @@ import keyring
 import keyring.backend
 import keyring.errors
 
-from calsync_cli import connections, importers, integrations
 from calsync_cli.config import load_settings
 from calsync_cli.engine.worker import RunSummary, Worker
 from calsync_cli.errors import CalsyncError
-from calsync_cli.importers import Kind, Row
 from calsync_cli.sandbox import DEMO_ACCOUNTS, Sandbox
 from calsync_cli.sandbox.browser import follow_sign_in
+from calsync_cli.services import connections, integrations
+from calsync_cli.services import imports as importers
+from calsync_cli.services.imports import Kind, Row
 from calsync_cli.store.db import Store
 
 #: the Monday of the week the bundled visits are dated in

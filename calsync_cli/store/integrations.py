@@ -1,0 +1,29 @@
+"""Reading integrations: one by id, and those that take pushed work."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from calsync_cli.errors import NotFoundError
+from calsync_cli.store.models import DISCONNECTED, Integration
+
+
+def get(session: Session, integration_id: int) -> Integration:
+    """The integration, or a ``NotFoundError`` that says how to list them."""
+    integ = session.get(Integration, integration_id)
+    if integ is None:
+        raise NotFoundError(
+            f"no integration {integration_id}", hint="Run 'calsync status' to list integrations"
+        )
+    return integ
+
+
+def pushing(session: Session) -> list[Integration]:
+    """Integrations that receive pushed work now: connected, unpaused, calendar chosen."""
+    stmt = select(Integration).where(
+        Integration.status != DISCONNECTED,
+        Integration.paused == False,  # noqa: E712
+        col(Integration.calendar_id).is_not(None),
+        col(Integration.direction).in_(("push", "two-way")),
+    )
+    return list(session.exec(stmt))
