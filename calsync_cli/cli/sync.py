@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -53,6 +54,14 @@ def _render_summary(data: dict[str, Any]) -> None:
         output.say(line if not p["error"] else f"integration {p['integration']}: {p['error']}")
 
 
+def exit_code_of_run(summary: Any, pulled: Sequence[Any] = ()) -> int:
+    """4 when an integration needs signing in again, else 1 when a job failed for good in this
+    run, else 0 (work rescheduled for a retry is not a failure)."""
+    if summary.needs_reauth or any(p.needs_reauth for p in pulled):
+        return output.EXIT_REAUTH
+    return output.EXIT_FAILURE if summary.failed else output.EXIT_OK
+
+
 def sync(
     watch: Annotated[
         bool,
@@ -88,8 +97,7 @@ def sync(
     pulled = [] if watch else asyncio.run(_pull())
     data = summary.as_dict()
     data["pull"] = [p.as_dict() for p in pulled]
-    if any(p.needs_reauth for p in pulled):
-        data["exit_code"] = 4
+    data["exit_code"] = exit_code_of_run(summary, pulled)
     output.render(data, as_json, lambda: _render_summary(data))
     code = 0 if watch else data["exit_code"]
     if code:

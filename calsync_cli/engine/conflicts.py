@@ -16,9 +16,10 @@ from typing import Any
 from sqlmodel import col, select
 
 from calsync_cli.config import Settings
+from calsync_cli.engine.plan import wanted
 from calsync_cli.errors import InputError
 from calsync_cli.providers.base import BusyBlock, ProviderError, ReauthRequired
-from calsync_cli.store import jobs, states
+from calsync_cli.store import states
 from calsync_cli.store.db import Store
 from calsync_cli.store.integrations import get
 from calsync_cli.store.models import DISCONNECTED, Integration, Visit
@@ -121,7 +122,7 @@ async def pull(
                         Visit.status != "cancelled",
                     )
                 )
-                if jobs.matches(integ, v.practice_id, v.provider_id)
+                if wanted(v, integ)
             ]
             work.append((integ, visits))
 

@@ -10,8 +10,10 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -41,6 +43,11 @@ class Claimed:
     practice: Practice
     link: EventLink | None
 
+    @property
+    def job_id(self) -> int:
+        assert self.job.id is not None
+        return self.job.id
+
 
 def claim(
     session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int
@@ -54,6 +61,7 @@ def claim(
             col(Integration.calendar_id).is_not(None),
             col(Integration.direction).in_(("push", "two-way")),
             Integration.needs_reauth == False,  # noqa: E712
+            Integration.needs_calendar == False,  # noqa: E712
         )
         .scalar_subquery()
     )
@@ -112,6 +120,24 @@ def claim(
             )
         )
     return out
+
+
+def load_claimed(session: Session, integration_id: int, items: Sequence[Claimed]) -> list[Any]:
+    """Load the items' jobs and links in a few queries, so that the per-item ``session.get``
+    calls that follow are answered from the session's identity map instead of one query (and one
+    autoflush) each. The identity map holds its objects weakly: keep the answer while they are
+    used."""
+    loaded: list[Any] = []
+    for first in range(0, len(items), 500):
+        chunk = items[first : first + 500]
+        loaded += session.exec(select(Job).where(col(Job.id).in_([i.job.id for i in chunk])))
+        loaded += session.exec(
+            select(EventLink).where(
+                EventLink.integration_id == integration_id,
+                col(EventLink.visit_id).in_([i.visit.id for i in chunk]),
+            )
+        )
+    return loaded
 
 
 def owned(session: Session, job_id: int, owner: str) -> Job | None:
