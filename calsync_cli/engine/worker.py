@@ -234,7 +234,7 @@ class Worker:
             async with self.open_provider(
                 self.settings, integ.app, integ.id, integ.provider_id, **options
             ) as provider:
-                steps = plan(integ, items, provider, visit_link=self.settings.visit_link)
+                steps = plan(integ, items, type(provider), visit_link=self.settings.visit_link)
                 await Applier(self, provider, integ, items).run(steps, outcomes)
         except Exception as exc:  # noqa: BLE001 - the whole integration failed this round
             for item in items:

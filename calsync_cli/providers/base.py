@@ -14,7 +14,7 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 from calsync_cli.errors import (
     AuthExpired,
@@ -127,10 +127,10 @@ class CalendarProvider(abc.ABC):
 
     #: a create with the id of an event deleted earlier restores that event (Google keeps deleted
     #: events under their id), so a visit keeps one key for life and a delete does not move it on
-    create_restores_deleted: bool = False
+    create_restores_deleted: ClassVar[bool] = False
     #: a repeated create answers the event as it was first created, unchanged (Graph's
     #: ``transactionId``): after repeating a create that may have landed, update the event
-    repeated_create_returns_original: bool = False
+    repeated_create_returns_original: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def account(self) -> str:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from calsync_cli.store.models import (
+    DISCONNECTED,
     JOB_DONE,
     JOB_DROPPED,
     JOB_FAILED,
@@ -49,14 +50,12 @@ class Claimed:
         return self.job.id
 
 
-def claim(
-    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int
-) -> dict[int, tuple[Integration, list[Claimed]]]:
-    """Lease up to ``limit`` due jobs to ``owner``; grouped by integration."""
+def _due(now: datetime, limit: int) -> Any:
+    """Due jobs of integrations that take pushed work now, oldest due first."""
     pushing = (
         select(Integration.id)
         .where(
-            Integration.status != "Disconnected",
+            Integration.status != DISCONNECTED,
             Integration.paused == False,  # noqa: E712
             col(Integration.calendar_id).is_not(None),
             col(Integration.direction).in_(("push", "two-way")),
@@ -69,12 +68,19 @@ def claim(
         sa.and_(col(Job.state).in_((JOB_QUEUED, JOB_HELD)), col(Job.next_attempt_at) <= now),
         sa.and_(col(Job.state) == JOB_RUNNING, col(Job.lease_until) < now),
     )
-    stmt = (
+    return (
         select(Job)
         .where(due, col(Job.integration_id).in_(pushing))
         .order_by(col(Job.next_attempt_at), col(Job.id))
         .limit(limit)
     )
+
+
+def claim(
+    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """Lease up to ``limit`` due jobs to ``owner``; grouped by integration."""
+    stmt = _due(now, limit)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     jobs = list(session.exec(stmt))
@@ -86,31 +92,52 @@ def claim(
         job.dirty, job.updated_at = False, now
         session.add(job)
     session.flush()
+    return _with_context(session, jobs)
+
+
+def peek(
+    session: Session, *, now: datetime, limit: int = 100_000
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """What ``claim`` would take now, without taking it (``sync --dry-run``)."""
+    return _with_context(session, list(session.exec(_due(now, limit))))
+
+
+def _with_context(
+    session: Session, jobs: list[Job]
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """The jobs with their integration, visit, practice and link, grouped by integration."""
+    if not jobs:
+        return {}
     integ_ids = {j.integration_id for j in jobs}
     integrations = {
         i.id: i for i in session.exec(select(Integration).where(col(Integration.id).in_(integ_ids)))
     }
     visit_ids = list({j.visit_id for j in jobs})
-    visits = {v.id: v for v in session.exec(select(Visit).where(col(Visit.id).in_(visit_ids)))}
+    visits: dict[str, Visit] = {}
+    links: dict[tuple[int, str], EventLink] = {}
+    for first in range(0, len(visit_ids), 500):
+        chunk = visit_ids[first : first + 500]
+        visits.update(
+            (v.id, v) for v in session.exec(select(Visit).where(col(Visit.id).in_(chunk)))
+        )
+        links.update(
+            ((lk.integration_id, lk.visit_id), lk)
+            for lk in session.exec(
+                select(EventLink).where(
+                    col(EventLink.integration_id).in_(integ_ids), col(EventLink.visit_id).in_(chunk)
+                )
+            )
+        )
     practices = {
         p.id: p
         for p in session.exec(
             select(Practice).where(col(Practice.id).in_({v.practice_id for v in visits.values()}))
         )
     }
-    links = {
-        (lk.integration_id, lk.visit_id): lk
-        for lk in session.exec(
-            select(EventLink).where(
-                col(EventLink.integration_id).in_(integ_ids), col(EventLink.visit_id).in_(visit_ids)
-            )
-        )
-    }
     out: dict[int, tuple[Integration, list[Claimed]]] = {}
     for job in jobs:
         visit = visits[job.visit_id]
-        integ = integrations[job.integration_id]
-        entry = out.setdefault(job.integration_id, (integ, []))
+        entry = out.setdefault(job.integration_id, (integrations[job.integration_id], []))
         entry[1].append(
             Claimed(
                 job,
