@@ -222,18 +222,14 @@ def sweep(
     """
     import asyncio
 
-    from calsync_cli.engine.keepalive import keep_alive
-    from calsync_cli.engine.sweep import parse_duration
-    from calsync_cli.engine.sweep import sweep as run_sweep
+    from calsync_cli.engine.sweep import parse_duration, sweep_and_keep_alive
 
-    data = run_sweep(
-        context.store(),
-        context.settings(),
-        now=context.now(),
-        lookback=parse_duration(lookback),
-        retry_failed=retry_failed,
-    )
-    data["tokens"] = asyncio.run(keep_alive(context.store(), context.settings(), now=context.now()))
+    data = asyncio.run(
+        sweep_and_keep_alive(
+            context.store(), context.settings(), now=context.now(),
+            lookback=parse_duration(lookback), retry_failed=retry_failed,
+        )
+    )  # fmt: skip
 
     def human() -> None:
         output.say(

@@ -99,3 +99,20 @@ def sweep(
         "pruned": pruned,
         "integrations": [{"id": k, "queued": v} for k, v in sorted(per_integration.items())],
     }
+
+
+async def sweep_and_keep_alive(
+    store: Store,
+    settings: Settings,
+    *,
+    now: datetime,
+    lookback: timedelta,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """What ``calsync sweep`` runs: the sweep, then the token keep-alive (``tokens`` in the
+    answer, with ``reauth_needed`` naming the integrations that need signing in again)."""
+    from calsync_cli.engine.keepalive import keep_alive
+
+    data = sweep(store, settings, now=now, lookback=lookback, retry_failed=retry_failed)
+    data["tokens"] = await keep_alive(store, settings, now=now)
+    return data
