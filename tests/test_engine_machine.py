@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -617,6 +618,7 @@ class EngineMachine(RuleBasedStateMachine):
             self.converge_and_check()
 
 
+@pytest.mark.slow
 def test_engine_state_machine(db_url: str, tmp_path: Path) -> None:
     examples = EXAMPLES if db_url.startswith("sqlite") else EXAMPLES_POSTGRES
     with Sandbox(port=0) as sb:
