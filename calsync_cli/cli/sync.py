@@ -57,10 +57,12 @@ def _render_summary(data: dict[str, Any]) -> None:
 
 def exit_code_of_run(report: Any) -> int:
     """4 when an integration needs signing in again, else 1 when a job failed for good in this
-    run, else 0 (work rescheduled for a retry is not a failure)."""
+    run or this host could not work (an unusable keyring or database), else 0 (work
+    rescheduled for a retry is not a failure)."""
     if report.needs_reauth:
         return output.EXIT_REAUTH
-    return output.EXIT_FAILURE if report.failed else output.EXIT_OK
+    failed = report.failed or getattr(report, "blocked", False)
+    return output.EXIT_FAILURE if failed else output.EXIT_OK
 
 
 def _render_plan(data: dict[str, Any]) -> None:
@@ -251,7 +253,9 @@ def sweep(
 
     output.render(data, as_json, human)
     if data["tokens"]["reauth_needed"]:
-        raise typer.Exit(4)
+        raise typer.Exit(output.EXIT_REAUTH)
+    if data["tokens"]["unusable"]:  # the keyring or database of this host is the problem
+        raise typer.Exit(output.EXIT_FAILURE)
 
 
 def conflicts(
