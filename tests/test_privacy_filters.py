@@ -60,7 +60,10 @@ def test_filters_reach_the_event(env: Env, app: str) -> None:
         assert event["body"] == {"contentType": "text", "content": event["body"]["content"]}
         assert "BP <140" in event["body"]["content"]
     core.set_filters(
-        env.store, iid, core.FilterChange(private=False, reminders=app == "outlook"), now=env.clock()
+        env.store,
+        iid,
+        core.FilterChange(private=False, reminders=app == "outlook"),
+        now=env.clock(),
     )
     assert env.sync().integrations[iid].updated == 1  # the filter change re-renders
     [event] = env.events(app)
