@@ -87,6 +87,9 @@ NOT_BUSY = frozenset({"free", "workingElsewhere"})
 IMMUTABLE_IDS = 'IdType="ImmutableId"'
 #: events per page when listing calsync's own events
 TAGGED_PAGE = 500
+#: times in UTC, and the body as the text calsync sent (Graph answers HTML unless asked: event
+#: resource type, ``body``; ``Prefer: outlook.body-content-type``)
+TAGGED_PREFER = 'outlook.timezone="UTC", outlook.body-content-type="text"'
 
 
 def transaction_id_for(key: str) -> str:
@@ -391,9 +394,7 @@ class OutlookCalendarProvider(CalendarProvider):
         }
         while url is not None:
             page = json_object(
-                await self._http.call(
-                    "GET", url, params=query, headers={"Prefer": 'outlook.timezone="UTC"'}
-                ),
+                await self._http.call("GET", url, params=query, headers={"Prefer": TAGGED_PREFER}),
                 PROVIDER_NAME,
             )
             found: list[TaggedEvent] = []
