@@ -466,6 +466,12 @@ class Applier:
 
         # 2. One batch on the integration's calendar: updates, creates, deletes there.
         creates = [s for s in steps if s.action == "create"] + relocations
+        if self.provider.repeated_create_returns_original:
+            # The service's idempotency key (Graph's transactionId) is kept for an undocumented
+            # while only: before creating again what a dead worker may have made, look for it by
+            # calsync's tag; found, it is updated in place instead of created twice.
+            found = await self._find_repeats([s for s in creates if s.repeat], outcomes)
+            creates = [s for s in creates if s.job_id not in found]
         updates = [s for s in steps if s.action == "update"]
         deletes = [s for s in steps if s.action == "delete"]
         here = [s for s in deletes if s.from_calendar == self.calendar]
@@ -598,6 +604,33 @@ class Applier:
                     outcomes[step.job_id] = result.error
         for step, _ in again:
             outcomes[step.job_id] = EventIdTaken("no free event id for this visit")
+
+    async def _find_repeats(self, repeats: Sequence[Step], outcomes: Outcomes) -> set[int]:
+        """Repeated creates whose event is found by its tag: updated to the current render and
+        recorded as created. Answers their job ids."""
+        found: set[int] = set()
+        for step in repeats:
+            if self.worker.stop_requested:
+                break
+            assert step.rendered is not None
+            try:
+                event_id = await self.provider.find_event_by_tag(
+                    self.calendar, step.rendered.event.tag
+                )
+                if event_id is None:
+                    continue
+                await self.provider.update_event(self.calendar, event_id, step.rendered.event)
+            except ReauthRequired:
+                raise
+            except ProviderError as exc:
+                outcomes[step.job_id] = exc
+                found.add(step.job_id)
+                continue
+            outcomes[step.job_id] = self._made(
+                step, step.rendered, step.generation, OperationResult(event_id)
+            )
+            found.add(step.job_id)
+        return found
 
     async def _refresh_repeats(self, repeats: Sequence[Step], outcomes: Outcomes) -> None:
         """A repeated create answered the event as first created: bring it up to date."""
