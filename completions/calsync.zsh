@@ -24,10 +24,11 @@ declare -gA _calsync_words=(
   ["calsync sweep"]="--lookback --retry-failed --json"
   ["calsync sync"]="--watch --interval --dry-run --metrics-file --json"
   ["calsync toggle"]="--pause --resume --json"
+  ["calsync verify"]="--repair --from --to --json"
   ["calsync visits import"]="--format --json"
   ["calsync visits list"]="--provider --practice --from --to --limit --json"
   ["calsync visits"]="import list"
-  ["calsync"]="calendars conflicts connect demo direction disconnect filters practices providers sandbox status sweep sync toggle visits -v --verbose --version"
+  ["calsync"]="calendars conflicts connect demo direction disconnect filters practices providers sandbox status sweep sync toggle verify visits -v --verbose --version"
 )
 
 _calsync() {
