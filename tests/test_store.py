@@ -448,3 +448,12 @@ def test_version_2_database_gains_the_state_flag_filters_and_render_inputs(
         ).one()
         assert (bool(row[0]), bool(row[1]), row[2], row[3]) == (True, True, None, 0)
     s.close()
+
+
+def test_the_literal_live_states_match_the_models() -> None:
+    """The sweep spells the live states as literal SQL (so SQLite uses the partial index)."""
+    from calsync_cli.store.links import LIVE_STATES_SQL
+    from calsync_cli.store.models import LIVE_JOB_STATES
+
+    literal = str(LIVE_STATES_SQL)
+    assert literal == "job.state IN (" + ", ".join(f"'{s}'" for s in LIVE_JOB_STATES) + ")"
