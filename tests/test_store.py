@@ -16,6 +16,7 @@ from calsync_cli.errors import ImportValidationError, InputError, StoreError
 from calsync_cli.services import imports as importers
 from calsync_cli.services import integrations as core
 from calsync_cli.store import jobs
+from calsync_cli.store import status as store_status
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import JOB_RUNNING, SCHEMA_VERSION, Integration, Job, Visit
 from tests.conftest import NOW, PRACTICES, PROVIDERS, visit, write_jsonl
@@ -348,7 +349,7 @@ def test_status_fast_path_matches_the_store(tmp_path: Path, db_url: str) -> None
     assert failure["start"] == "2026-12-01T15:00:00+00:00"
     assert failure["error"] == "Google: HTTP 400 invalid" and failure["failed_at"]
     assert quick.status_rows(url, lee) == [row]
-    assert quick.FAILURES_SHOWN == core.FAILURES_SHOWN
+    assert quick.FAILURES_SHOWN == store_status.FAILURES_SHOWN
     assert quick.status_rows(url, 99) is None
     with store.write() as s:  # a database of another calsync version: the full path decides
         s.execute(sa.text("UPDATE calsync_meta SET value = '99' WHERE key = 'schema_version'"))

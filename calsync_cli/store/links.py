@@ -147,6 +147,14 @@ def mark_pending(
         session.execute(sa.insert(links), fresh)
 
 
+def live_visit_ids(session: Session, integration_id: int) -> set[str]:
+    """The visits that have a live event on the integration's calendar (as far as it knows)."""
+    stmt = select(EventLink.visit_id).where(
+        EventLink.integration_id == integration_id, col(EventLink.external_id).is_not(None)
+    )
+    return set(session.exec(stmt))
+
+
 def load(session: Session, integration_id: int, visit_ids: Sequence[str]) -> list[EventLink]:
     """The links of these visits (kept in the session's identity map while the answer lives)."""
     loaded: list[EventLink] = []
