@@ -130,3 +130,17 @@ def test_without_purge_nothing_leaves_the_calendar_and_cli_reports_counts(
     assert (
         refused.exit_code == 2 and "calsync connect outlook --provider dr-patel" in refused.stderr
     )
+
+
+def test_purge_with_a_lost_grant_needs_reconnect_and_keeps_everything(env: Env) -> None:
+    from calsync_cli.errors import ReauthRequired
+
+    iid = _setup(env, "google")
+    env.sb.faults("google", EMAILS["google"]).revoke_grant()
+    with pytest.raises(ReauthRequired) as lost:
+        connections.disconnect(env.settings, env.store, iid, now=env.clock, purge=True)
+    assert "calsync connect google --provider dr-lee" in lost.value.one_line()
+    with env.store.read() as s:
+        integ = s.get(Integration, iid)
+        assert integ is not None and integ.status == "Error" and integ.needs_reauth
+    assert len(env.events("google")) == 3  # nothing deleted, nothing revoked

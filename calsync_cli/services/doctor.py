@@ -124,7 +124,7 @@ def run(opts: DoctorOptions, *, now: datetime) -> list[Check]:
         checks.extend(check_sign_ins(settings, integrations, opts, now=now))
         checks.extend(check_endpoints(settings, opts))
     checks.extend(check_schedule(opts))
-    checks.extend(check_secret_key(opts.env))
+    checks.extend(check_secret_key(opts.env, settings))
     return checks
 
 
@@ -306,14 +306,14 @@ def check_database(url: str) -> tuple[list[Check], list[Any]]:
 
 
 def _token_storage(settings: Settings) -> Any:
-    """The token store the settings choose (the keyring unless a sealed store is configured)."""
-    try:
-        from calsync_cli.services.clients import token_store  # type: ignore[attr-defined]
-    except ImportError:
-        from calsync_cli.auth.tokens import TokenStore
+    """The token store the settings choose: ``services.clients.token_store`` where this
+    calsync has one (the sealed database store), else the keyring."""
+    import importlib
 
-        return TokenStore()
-    return token_store(settings)
+    from calsync_cli.auth.tokens import TokenStore
+
+    chooser = getattr(importlib.import_module("calsync_cli.services.clients"), "token_store", None)
+    return TokenStore() if chooser is None else chooser(settings)
 
 
 def sign_in_check(integ: Any, tokens: Any, *, now: datetime) -> Check:
@@ -594,11 +594,13 @@ def check_schedule(opts: DoctorOptions) -> list[Check]:
 # -- secret key file (fleet) ------------------------------------------------------------------
 
 
-def check_secret_key(env: Mapping[str, str]) -> list[Check]:
-    mode_name = (env.get("CALSYNC_TOKEN_STORE") or "keyring").strip().lower()
-    if mode_name != "database":
+def check_secret_key(env: Mapping[str, str], settings: Settings | None = None) -> list[Check]:
+    """With tokens sealed in the database, the key file every host shares. Reads the settings
+    (environment or config file) where this calsync has them, else the environment."""
+    mode = getattr(settings, "token_store", None) or env.get("CALSYNC_TOKEN_STORE") or "keyring"
+    if str(mode).strip().lower() != "database":
         return []
-    raw = env.get("CALSYNC_SECRET_KEY_FILE")
+    raw = getattr(settings, "secret_key_file", None) or env.get("CALSYNC_SECRET_KEY_FILE")
     if not raw:
         return [
             Check(
