@@ -280,6 +280,8 @@ def test_new_integration_defaults(store: Store, tmp_path: Path) -> None:
         "location": True,
         "notes": False,
         "practice_name": True,
+        "private": True,
+        "reminders": None,
         "practices": [],
         "providers": ["dr-lee"],
     }

@@ -93,6 +93,18 @@ def disclosure_notice(provider_id: str, app: str) -> str:
             " Patient names are included by default; to leave them out, run after connecting: "
             "calsync filters set ID --no-patient-name (ID is the integration id printed below)."
         )
+    if probe.f_private:
+        text += (
+            " Events are marked private: people the calendar is shared with see only busy"
+            " (calsync filters set ID --no-private shows them the details)."
+        )
+    if app == "outlook":
+        text += " Reminders are off (calsync filters set ID --reminders turns them on)."
+    else:
+        text += (
+            " Events keep the calendar's default reminders (calsync filters set ID"
+            " --no-reminders turns them off)."
+        )
     return text
 
 

@@ -260,3 +260,61 @@ def needing_work(
         link = EventLink(**link_values) if link_values["visit_id"] is not None else None
         out.append((visit, practice, link, bool(values[-1])))
     return out
+
+
+def expected_in_window(
+    session: Session, integ: Integration, *, start: datetime, end: datetime
+) -> dict[str, tuple[Visit, Practice, EventLink | None]]:
+    """What ``verify`` compares the calendar with: the integration's visits overlapping
+    [start, end) (its clinicians', when it filters them) and every visit it has a link for
+    (a visit moved out of the window may have left its event inside), with practice and link."""
+    assert integ.id is not None
+    linked = select(EventLink.visit_id).where(EventLink.integration_id == integ.id)
+    in_window = sa.and_(col(Visit.end) > start, col(Visit.start) < end)
+    if integ.provider_filter:
+        in_window = sa.and_(in_window, col(Visit.provider_id).in_(integ.provider_filter))
+    stmt = (
+        select(Visit, Practice, EventLink)
+        .join(Practice, col(Practice.id) == col(Visit.practice_id))
+        .join(
+            EventLink,
+            sa.and_(
+                col(EventLink.visit_id) == col(Visit.id), col(EventLink.integration_id) == integ.id
+            ),
+            isouter=True,
+        )
+        .where(sa.or_(in_window, col(Visit.id).in_(linked)))
+    )
+    return {visit.id: (visit, practice, link) for visit, practice, link in session.exec(stmt)}
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A repair for the queue: point the visit's link at ``event_id`` (None: no event), mark
+    it out of date, and queue ``action``."""
+
+    visit_id: str
+    event_id: str | None
+    action: str  # upsert | delete
+
+
+def queue_fixes(
+    session: Session, integ: Integration, fixes: Sequence[Fix], *, now: datetime
+) -> int:
+    """Apply ``fixes`` to the links and queue their jobs; answers how many jobs were queued."""
+    from calsync_cli.store import jobs
+
+    assert integ.id is not None
+    for fix in fixes:
+        link = session.get(EventLink, (integ.id, fix.visit_id))
+        if link is None:
+            link = EventLink(integration_id=integ.id, visit_id=fix.visit_id)
+        if fix.event_id is not None:
+            link.external_id, link.calendar_id = fix.event_id, integ.calendar_id
+        elif link.calendar_id == integ.calendar_id:
+            link.external_id = None  # nothing there: create it (a live link would be updated)
+        link.content_hash = None
+        link.visit_hash = link.filter_version = None
+        session.add(link)
+    session.flush()
+    return jobs.enqueue(session, [(integ.id, f.visit_id, f.action) for f in fixes], now)
