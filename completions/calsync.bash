@@ -22,10 +22,12 @@ declare -gA _calsync_words=(
   ["calsync sweep"]="--lookback --retry-failed --json"
   ["calsync sync"]="--watch --interval --json"
   ["calsync toggle"]="--pause --resume --json"
+  ["calsync tokens migrate"]="--to --json"
+  ["calsync tokens"]="migrate"
   ["calsync visits import"]="--format --json"
   ["calsync visits list"]="--provider --practice --from --to --limit --json"
   ["calsync visits"]="import list"
-  ["calsync"]="calendars conflicts connect demo direction disconnect filters practices providers sandbox status sweep sync toggle visits -v --verbose --version"
+  ["calsync"]="calendars conflicts connect demo direction disconnect filters practices providers sandbox status sweep sync toggle tokens visits -v --verbose --version"
 )
 
 _calsync() {
