@@ -167,6 +167,16 @@ def test_a_host_with_the_wrong_key_says_so_and_is_never_reconnect(
             asyncio.run(source.access_token())
         with pytest.raises(TokenKeyError):
             asyncio.run(source.refresh())
+        settings = load_settings(
+            {
+                "CALSYNC_DB_URL": db_url,
+                "CALSYNC_TOKEN_STORE": "database",
+                "CALSYNC_SECRET_KEY_FILE": str(tmp_path / "b.key"),
+            }
+        )
+        with pytest.raises(TokenKeyError):  # what a worker can call before claiming work
+            clients.check_token_store(settings, other_host)
+        clients.check_token_store(load_settings({"CALSYNC_DB_URL": db_url}), other_host)
         assert wrong.delete(3) is True  # a disconnect needs no key
     finally:
         other_host.close()

@@ -325,6 +325,14 @@ class SealedTokenStore(TokenStorage):
         self.key()  # outside the transaction: the keyring may be slow
         return _SealedSlot(self, self._id(integration_id))
 
+    def check(self) -> str:
+        """Resolve the key and compare it with the database's record: the key's fingerprint, or
+        ``TokenKeyError`` (for a worker to refuse to start on a host with the wrong key)."""
+        key = self.key()
+        with self.store.read() as session:
+            self._check_recorded(session)
+        return key.fingerprint
+
     def integration_ids(self) -> list[int]:
         with self.store.read() as session:
             return rows.integration_ids(session)

@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from calsync_cli.auth.sealed import SealedTokenStore
     from calsync_cli.store.db import Store
 
-__all__ = ["close_shared", "http_client", "open_provider", "token_source", "token_store"]
+__all__ = [
+    "check_token_store",
+    "close_shared",
+    "http_client",
+    "open_provider",
+    "token_source",
+    "token_store",
+]
 
 #: database token stores shared by every token source of this process, per (URL, key file):
 #: one engine and one resolved key, not one per integration and round
@@ -56,6 +63,16 @@ def token_store(settings: Settings, store: Store | None = None) -> TokenStorage:
             shared = SealedTokenStore(Store(settings.db_url), key_file=settings.secret_key_file)
             _SHARED[(settings.db_url, settings.secret_key_file)] = shared
         return shared
+
+
+def check_token_store(settings: Settings, store: Store) -> None:
+    """Fail early, before claiming work, on a host whose sealing key is missing or is not the
+    one the database's tokens were sealed with (``TokenKeyError``, exit 2). No-op for the
+    keyring."""
+    chosen = token_store(settings, store)
+    check = getattr(chosen, "check", None)
+    if check is not None:
+        check()
 
 
 def close_shared() -> None:
