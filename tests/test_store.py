@@ -363,7 +363,14 @@ def test_status_fast_path_gives_way_when_the_database_is_unreachable() -> None:
 
 
 V3_COLUMNS = {
-    "integration": ("needs_reauth", "error_source", "f_private", "f_reminders", "filter_version"),
+    "integration": (
+        "needs_reauth",
+        "needs_calendar",
+        "error_source",
+        "f_private",
+        "f_reminders",
+        "filter_version",
+    ),
     "event_link": ("visit_hash", "filter_version"),
 }
 

@@ -88,19 +88,13 @@ def status(
     failed; calsync keeps retrying; see the detail) or Disconnected. Given one INTEGRATION, it
     also lists its latest jobs that failed for good: visit id, start, and the error.
     """
-    from calsync_cli.store import fast_status as quick
+    from calsync_cli.services import status as core
 
-    rows = quick.status_rows(context.settings().db_url, integration)
-    if rows is None:
-        from calsync_cli.services import integrations as core
-
-        rows = core.status_rows(context.store(), integration)
+    rows = core.status_rows(context.settings().db_url, context.store, integration)
 
     def human() -> None:
         if not rows:
-            from calsync_cli.services import integrations as core
-
-            counts = core.store_counts(context.store())
+            counts = core.store_counts(context.store)
             have = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
             output.say(GETTING_STARTED.format(counts=f" ({have} stored)" if have else ""))
             return

@@ -13,14 +13,13 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import select
-
 from calsync_cli.config import Settings
 from calsync_cli.errors import CalsyncError
 from calsync_cli.providers.base import ProviderError, ReauthRequired
+from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import states
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import DISCONNECTED, Integration
+from calsync_cli.store.models import Integration
 
 IDLE = timedelta(days=7)
 
@@ -32,14 +31,7 @@ async def keep_alive(
     from calsync_cli.services.clients import token_source
 
     with store.read() as session:
-        integrations = list(
-            session.exec(
-                select(Integration).where(
-                    Integration.status != DISCONNECTED,
-                    Integration.needs_reauth == False,  # noqa: E712
-                )
-            )
-        )
+        integrations = store_integrations.signed_in(session)
     tokens_store = TokenStore()
     refreshed: list[int] = []
     reauth: list[int] = []

@@ -19,6 +19,7 @@ import httpx2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_exponential_jitter
 
+from calsync_cli import errors
 from calsync_cli.providers.base import (
     AuthExpired,
     ProviderError,
@@ -59,11 +60,8 @@ def client_options(transport: Any = None, timeout: Any = HTTP_TIMEOUT) -> dict[s
 
 
 def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """Collapse whitespace to one line and cut it to ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    if len(flat) > limit:
-        flat = flat[: limit - 1].rstrip() + "…"
-    return flat
+    """A provider's text as one line of at most ``limit`` characters (``errors.one_line``)."""
+    return errors.one_line(text, limit)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

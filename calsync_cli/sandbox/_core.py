@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from html import escape
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
@@ -134,10 +133,6 @@ def with_query(base: str, params: dict[str, str]) -> str:
     return f"{base}{sep}{urlencode(params)}"
 
 
-def new_token(prefix: str = "", nbytes: int = 32) -> str:
-    return prefix + secrets.token_urlsafe(nbytes)
-
-
 def s256(verifier: str) -> str:
     import hashlib
 
@@ -153,10 +148,6 @@ def rfc3339_ms(value: datetime) -> str:
     """Google's style: ``2026-01-02T03:04:05.678Z``."""
     value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def rfc3339_s(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def graph_stamp(value: datetime) -> str:
@@ -298,6 +289,3 @@ def merge_busy(
         else:
             merged.append((s, e))
     return merged
-
-
-ONE_HOUR = timedelta(hours=1)

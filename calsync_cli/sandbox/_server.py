@@ -365,6 +365,18 @@ class Sandbox:
         with self._state.lock:
             return self._state.stats.to_json()
 
+    def api_calls(self) -> int:
+        """API calls answered so far (inner batch calls count; batch envelopes do not)."""
+        with self._state.lock:
+            return self._state.api_calls
+
+    def wait_for_api_calls(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` API calls were counted in all (False after ``timeout`` s)."""
+        with self._state.activity:
+            return self._state.activity.wait_for(
+                lambda: self._state.api_calls >= count, timeout=timeout
+            )
+
     def reset_stats(self) -> None:
         with self._state.lock:
             self._state.stats = Stats()

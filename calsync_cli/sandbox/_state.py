@@ -222,6 +222,9 @@ class State:
         retry_after: int,
     ) -> None:
         self.lock = threading.RLock()
+        #: notified (under ``lock``) whenever an API call is counted: tests wait on it
+        self.activity = threading.Condition(self.lock)
+        self.api_calls = 0
         self.latency = latency
         self.mailbox_concurrency = outlook_mailbox_concurrency
         self.auto_approve = auto_approve

@@ -36,8 +36,7 @@ from calsync_cli.auth import (
     sign_in,
 )
 from calsync_cli.config import Settings
-from calsync_cli.errors import CalsyncError, InputError, NotFoundError
-from calsync_cli.errors import ReauthRequired as ReauthRequiredError
+from calsync_cli.errors import CalsyncError, InputError, NotFoundError, ReauthRequired
 from calsync_cli.providers.base import (
     Calendar,
     CalendarProvider,
@@ -264,7 +263,7 @@ def connect(
     )
     try:
         account, calendars = asyncio.run(_discover(settings, app, tokens))
-    except ReauthRequiredError:
+    except ReauthRequired:
         raise CalsyncError(
             f"{oauth.title} refused the token it has just issued",
             hint="Run the command again",
@@ -435,7 +434,7 @@ def _with_provider(
 
     try:
         return asyncio.run(run())
-    except ReauthRequiredError as exc:
+    except ReauthRequired as exc:
         mark_reconnect_needed(store, ref, now=now())
         if not exc.hint:
             exc.hint = reconnect_hint(ref.app, ref.provider_id)

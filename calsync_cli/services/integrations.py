@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from calsync_cli.engine.plan import Facts, wanted
 from calsync_cli.errors import InputError, NotFoundError
 from calsync_cli.store import audit, jobs
 from calsync_cli.store import integrations as store_integrations
@@ -229,7 +230,7 @@ def requeue_upcoming(session: Session, integ: Integration, *, now: datetime) -> 
     )
     work: list[tuple[int, str, str]] = []
     for vid, practice_id, provider_id, status in session.exec(stmt):
-        if status != "cancelled" and jobs.matches(integ, practice_id, provider_id):
+        if wanted(Facts(status, practice_id, provider_id), integ):
             work.append((integ.id, vid, "upsert"))
         elif vid in linked:
             work.append((integ.id, vid, "delete"))

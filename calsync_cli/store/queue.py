@@ -10,13 +10,16 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from calsync_cli.store.models import (
+    DISCONNECTED,
     JOB_DONE,
     JOB_DROPPED,
     JOB_FAILED,
@@ -41,19 +44,23 @@ class Claimed:
     practice: Practice
     link: EventLink | None
 
+    @property
+    def job_id(self) -> int:
+        assert self.job.id is not None
+        return self.job.id
 
-def claim(
-    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int
-) -> dict[int, tuple[Integration, list[Claimed]]]:
-    """Lease up to ``limit`` due jobs to ``owner``; grouped by integration."""
+
+def _due(now: datetime, limit: int) -> Any:
+    """Due jobs of integrations that take pushed work now, oldest due first."""
     pushing = (
         select(Integration.id)
         .where(
-            Integration.status != "Disconnected",
+            Integration.status != DISCONNECTED,
             Integration.paused == False,  # noqa: E712
             col(Integration.calendar_id).is_not(None),
             col(Integration.direction).in_(("push", "two-way")),
             Integration.needs_reauth == False,  # noqa: E712
+            Integration.needs_calendar == False,  # noqa: E712
         )
         .scalar_subquery()
     )
@@ -61,12 +68,19 @@ def claim(
         sa.and_(col(Job.state).in_((JOB_QUEUED, JOB_HELD)), col(Job.next_attempt_at) <= now),
         sa.and_(col(Job.state) == JOB_RUNNING, col(Job.lease_until) < now),
     )
-    stmt = (
+    return (
         select(Job)
         .where(due, col(Job.integration_id).in_(pushing))
         .order_by(col(Job.next_attempt_at), col(Job.id))
         .limit(limit)
     )
+
+
+def claim(
+    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """Lease up to ``limit`` due jobs to ``owner``; grouped by integration."""
+    stmt = _due(now, limit)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     jobs = list(session.exec(stmt))
@@ -78,31 +92,52 @@ def claim(
         job.dirty, job.updated_at = False, now
         session.add(job)
     session.flush()
+    return _with_context(session, jobs)
+
+
+def peek(
+    session: Session, *, now: datetime, limit: int = 100_000
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """What ``claim`` would take now, without taking it (``sync --dry-run``)."""
+    return _with_context(session, list(session.exec(_due(now, limit))))
+
+
+def _with_context(
+    session: Session, jobs: list[Job]
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """The jobs with their integration, visit, practice and link, grouped by integration."""
+    if not jobs:
+        return {}
     integ_ids = {j.integration_id for j in jobs}
     integrations = {
         i.id: i for i in session.exec(select(Integration).where(col(Integration.id).in_(integ_ids)))
     }
     visit_ids = list({j.visit_id for j in jobs})
-    visits = {v.id: v for v in session.exec(select(Visit).where(col(Visit.id).in_(visit_ids)))}
+    visits: dict[str, Visit] = {}
+    links: dict[tuple[int, str], EventLink] = {}
+    for first in range(0, len(visit_ids), 500):
+        chunk = visit_ids[first : first + 500]
+        visits.update(
+            (v.id, v) for v in session.exec(select(Visit).where(col(Visit.id).in_(chunk)))
+        )
+        links.update(
+            ((lk.integration_id, lk.visit_id), lk)
+            for lk in session.exec(
+                select(EventLink).where(
+                    col(EventLink.integration_id).in_(integ_ids), col(EventLink.visit_id).in_(chunk)
+                )
+            )
+        )
     practices = {
         p.id: p
         for p in session.exec(
             select(Practice).where(col(Practice.id).in_({v.practice_id for v in visits.values()}))
         )
     }
-    links = {
-        (lk.integration_id, lk.visit_id): lk
-        for lk in session.exec(
-            select(EventLink).where(
-                col(EventLink.integration_id).in_(integ_ids), col(EventLink.visit_id).in_(visit_ids)
-            )
-        )
-    }
     out: dict[int, tuple[Integration, list[Claimed]]] = {}
     for job in jobs:
         visit = visits[job.visit_id]
-        integ = integrations[job.integration_id]
-        entry = out.setdefault(job.integration_id, (integ, []))
+        entry = out.setdefault(job.integration_id, (integrations[job.integration_id], []))
         entry[1].append(
             Claimed(
                 job,
@@ -112,6 +147,24 @@ def claim(
             )
         )
     return out
+
+
+def load_claimed(session: Session, integration_id: int, items: Sequence[Claimed]) -> list[Any]:
+    """Load the items' jobs and links in a few queries, so that the per-item ``session.get``
+    calls that follow are answered from the session's identity map instead of one query (and one
+    autoflush) each. The identity map holds its objects weakly: keep the answer while they are
+    used."""
+    loaded: list[Any] = []
+    for first in range(0, len(items), 500):
+        chunk = items[first : first + 500]
+        loaded += session.exec(select(Job).where(col(Job.id).in_([i.job.id for i in chunk])))
+        loaded += session.exec(
+            select(EventLink).where(
+                EventLink.integration_id == integration_id,
+                col(EventLink.visit_id).in_([i.visit.id for i in chunk]),
+            )
+        )
+    return loaded
 
 
 def owned(session: Session, job_id: int, owner: str) -> Job | None:
