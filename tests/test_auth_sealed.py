@@ -29,6 +29,7 @@ from calsync_cli.auth.sealed import (
     TokenKeyError,
     key_from_file,
 )
+from calsync_cli.cli.output import exit_code_of
 from calsync_cli.config import Settings, load_settings
 from calsync_cli.errors import ConfigError
 from calsync_cli.providers.base import ReauthRequired
@@ -88,7 +89,7 @@ def test_a_key_file_others_can_read_is_refused_with_the_fix(tmp_path: Path, mode
         key_from_file(path)
     line = info.value.one_line()
     assert f"Run: chmod 600 {path}" in line and "CALSYNC_SECRET_KEY_FILE" in line
-    assert "\n" not in line and info.value.exit_code == 2
+    assert "\n" not in line and exit_code_of(info.value) == 2
     path.chmod(0o600)
     assert key_from_file(path).fingerprint == SealingKey.from_material(KEY_A, "x").fingerprint
 
@@ -161,7 +162,7 @@ def test_a_host_with_the_wrong_key_says_so_and_is_never_reconnect(
             line = info.value.one_line()
             assert "sealed with key" in line and "CALSYNC_SECRET_KEY_FILE" in line
             assert "reconnect" not in line and "connect" not in line
-            assert info.value.exit_code == 2
+            assert exit_code_of(info.value) == 2
         source = KeyringTokenSource(app_of(sb, "google"), wrong, 3, provider_id="dr-lee")
         with pytest.raises(TokenKeyError):
             asyncio.run(source.access_token())
