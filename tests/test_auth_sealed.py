@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -315,36 +316,76 @@ def test_two_hosts_refreshing_at_once_spend_the_grant_once(
         host_b.close()
 
 
-def test_on_sqlite_a_refresh_holds_the_write_lock_and_the_next_one_reuses_it(
+OTHER_PROCESS = """
+import asyncio, sys
+from calsync_cli.auth import KeyringTokenSource, oauth_app
+from calsync_cli.auth.sealed import SealedTokenStore
+from calsync_cli.config import load_settings
+from calsync_cli.store.db import Store
+settings = load_settings()
+store = Store(settings.db_url)
+sealed = SealedTokenStore(store, key_file=settings.secret_key_file)
+source = KeyringTokenSource(oauth_app("outlook", settings), sealed, 9)
+print(asyncio.run(source.refresh()))
+store.close()
+"""
+
+
+def _waiting_for_a_lock(pid: int) -> bool:
+    """Linux: /proc/locks lists a blocked request as '... -> POSIX ADVISORY WRITE <pid> ...'."""
+    text = Path("/proc/locks").read_text()
+    return any("->" in line and f" {pid} " in line for line in text.splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_on_sqlite_two_processes_refresh_once_and_other_writers_are_not_held_up(
     tmp_path: Path, sb: Sandbox
 ) -> None:
+    """One host, two calsync processes: the second waits for the first's refresh of the grant
+    and uses its answer, while the database itself stays writable for everything else."""
     path = tmp_path / "one-host.db"
+    key = key_file(tmp_path)
     store = Store(f"sqlite:///{path}")
     try:
-        sealed = SealedTokenStore(store, key_file=str(key_file(tmp_path)))
+        sealed = SealedTokenStore(store, key_file=str(key))
         sealed.put(9, _expired_tokens(sb, "outlook"))
-        seen_locked: list[bool] = []
+        env = {
+            **os.environ,
+            **sb.env(),
+            "CALSYNC_DB_URL": f"sqlite:///{path}",
+            "CALSYNC_SECRET_KEY_FILE": str(key),
+        }
+        writable: list[bool] = []
+        other: list[subprocess.Popen[str]] = []
 
-        async def probe() -> None:
+        async def meanwhile() -> None:
             raw = sqlite3.connect(path, timeout=0)
             try:
-                raw.execute("BEGIN IMMEDIATE")
-                seen_locked.append(False)
+                raw.execute("BEGIN IMMEDIATE")  # other writers are not held up by the refresh
                 raw.rollback()
-            except sqlite3.OperationalError:
-                seen_locked.append(True)
+                writable.append(True)
             finally:
                 raw.close()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", OTHER_PROCESS], env=env, stdout=subprocess.PIPE, text=True
+            )
+            other.append(proc)
+            await asyncio.to_thread(
+                _wait_until,
+                lambda: proc.poll() is not None or _waiting_for_a_lock(proc.pid),
+                "the other process to wait for the grant",
+            )
 
-        oauth = app_of(sb, "outlook")
-        first = KeyringTokenSource(oauth, sealed, 9, transport=Gate(probe))
-        second = KeyringTokenSource(
-            oauth, SealedTokenStore(store, key_file=str(tmp_path / "token.key")), 9
-        )
         sb.reset_stats()
-        token = asyncio.run(first.access_token())
-        assert seen_locked == [True]
-        assert asyncio.run(second.access_token()) == token
+        token = asyncio.run(
+            KeyringTokenSource(
+                app_of(sb, "outlook"), sealed, 9, transport=Gate(meanwhile)
+            ).access_token()
+        )
+        out, _ = other[0].communicate(timeout=60)
+        assert other[0].returncode == 0
+        assert writable == [True]
+        assert out.strip() == token  # the winner's answer, not a refresh of its own
         assert sb.stats()["token_refreshes"]["outlook"][EMAILS["outlook"]] == 1
     finally:
         store.close()
@@ -386,15 +427,22 @@ def test_database_a_disconnect_during_a_refresh_wins(
 
         async def disconnect_meanwhile() -> None:
             deleter.start()
-            if db_url.startswith("postgresql"):
+            if postgres:  # the delete waits for the row
                 await asyncio.to_thread(
                     _wait_until, lambda: _pg_lock_waiters(db_url) > 0, "the delete to wait"
                 )
+            else:  # SQLite locks beside the database: the delete goes through at once
+                await asyncio.to_thread(deleter.join, 60)
 
+        postgres = db_url.startswith("postgresql")
         source = KeyringTokenSource(
             app_of(sb, "outlook"), sealed, 5, transport=Gate(disconnect_meanwhile)
         )
-        asyncio.run(source.access_token())  # the refresh committed first, under its lock
+        if postgres:
+            asyncio.run(source.access_token())  # the refresh committed first, under its lock
+        else:
+            with pytest.raises(ReauthRequired):  # its UPDATE found no row, and wrote nothing
+                asyncio.run(source.access_token())
         deleter.join(60)
         assert deleted == [True]
         assert sealed.get(5) is None

@@ -11,6 +11,12 @@ open. The key never enters the database:
 * else a key kept in this host's OS keyring (service ``calsync``, entry ``token-sealing-key``),
   made at first use. That serves one host; a fleet shares the file.
 
+A refresh holds the integration's tokens from its read to its write (``hold``): on PostgreSQL
+the row ``FOR UPDATE``, so two hosts never spend one refresh token at once and the one that
+waited reads the winner's answer; on SQLite (one host) a lock on the integration's byte of a
+file beside the database. A refresh writes with an UPDATE only: after a disconnect deleted the
+row, nothing brings the tokens back.
+
 The AES key and the key's fingerprint are derived from the key material with HKDF-SHA256 under
 different labels, so the fingerprint identifies the key without revealing it. The fingerprint
 is recorded in ``calsync_meta`` (``token_key_fingerprint``, at the first write) and on each row;
@@ -140,8 +146,9 @@ def new_key_material() -> str:
 
 
 class _SealedSlot(TokenSlot):
-    """A row held for a refresh: a write transaction (``BEGIN IMMEDIATE`` on SQLite) with the
-    row read ``FOR UPDATE`` (PostgreSQL), kept open until ``replace`` commits or ``release``."""
+    """A row held for a refresh: a write transaction with the row read ``FOR UPDATE``
+    (PostgreSQL; on SQLite without ``fcntl`` the ``BEGIN IMMEDIATE`` write lock), kept open
+    until ``replace`` commits or ``release``."""
 
     def __init__(self, owner: SealedTokenStore, integration_id: int) -> None:
         self._owner = owner
@@ -188,6 +195,52 @@ class _SealedSlot(TokenSlot):
     def release(self) -> None:
         with self._lock:
             self._end()
+
+
+try:
+    import fcntl
+
+    _lockf: Callable[..., object] | None = fcntl.lockf
+except ImportError:  # pragma: no cover - Windows: the write transaction is the lock
+    _lockf = None
+
+#: in-process exclusion per (lock file, integration): POSIX record locks belong to the process,
+#: so two threads of one process would both get them
+_LOCAL: dict[tuple[Path, int], threading.Lock] = {}
+_LOCAL_GUARD = threading.Lock()
+
+
+class _FileLockedSlot(TokenSlot):
+    """SQLite: byte ``integration_id`` of ``lock_file`` locked (``fcntl.lockf``) until
+    ``release``; the row is read after taking the lock and written with an UPDATE only."""
+
+    def __init__(self, owner: SealedTokenStore, integration_id: int, lock_file: Path) -> None:
+        assert _lockf is not None
+        self._owner = owner
+        self._iid = integration_id
+        with _LOCAL_GUARD:
+            self._local = _LOCAL.setdefault((lock_file, integration_id), threading.Lock())
+        self._local.acquire()
+        self._holding = True
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+            _lockf(self._fd, fcntl.LOCK_EX, 1, integration_id)
+            self.tokens = owner.get(integration_id)
+        except BaseException:
+            self.release()
+            raise
+
+    def replace(self, tokens: Tokens) -> bool:
+        return self._owner.replace(self._iid, tokens)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing drops the record lock
+        if self._holding:
+            self._holding = False
+            self._local.release()
 
 
 class SealedTokenStore(TokenStorage):
@@ -322,8 +375,15 @@ class SealedTokenStore(TokenStorage):
             return rows.delete(session, self._id(integration_id))
 
     def hold(self, integration_id: int | str) -> TokenSlot:
+        """PostgreSQL: the row, ``FOR UPDATE`` in a transaction held until the refresh is
+        written. SQLite (one host): an advisory lock on the integration's byte of a lock file
+        beside the database, with a read before and an UPDATE-only write after the refresh."""
         self.key()  # outside the transaction: the keyring may be slow
-        return _SealedSlot(self, self._id(integration_id))
+        iid = self._id(integration_id)
+        lock_file = rows.refresh_lock_file(self.store.url)
+        if lock_file is not None and _lockf is not None:
+            return _FileLockedSlot(self, iid, lock_file)
+        return _SealedSlot(self, iid)
 
     def check(self) -> str:
         """Resolve the key and compare it with the database's record: the key's fingerprint, or

@@ -6,13 +6,16 @@ are sealed with (``token_key_fingerprint``), never the key.
 
 Locking for a refresh: ``get(..., for_update=True)`` is ``SELECT ... FOR UPDATE`` on
 PostgreSQL, so a second host's refresh of the same grant waits for the first to commit and then
-reads its answer; on SQLite the caller's write transaction (``BEGIN IMMEDIATE``) is the lock.
+reads its answer. SQLite serves one host: there a refresh locks its integration's byte of
+``refresh_lock_file`` instead, because holding SQLite's only write lock across the call to the
+token endpoint would stall every other writer (the worker's job completions) meanwhile.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -115,3 +118,17 @@ def signed_in_ids(session: Session) -> list[int]:
         .order_by(col(Integration.id))
     )
     return [iid for iid in session.exec(stmt) if iid is not None]
+
+
+def refresh_lock_file(url: str) -> Path | None:
+    """SQLite: the file beside the database whose byte N a refresh of integration N locks
+    (``fcntl.lockf``), so two calsync processes never refresh one grant at once without
+    holding the database's single write lock across a network call. None for PostgreSQL (it
+    locks the row) and for a database without a file."""
+    from calsync_cli.store.db import _sqlite_path
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    path = _sqlite_path(parsed)
+    return path.with_name(path.name + ".token-lock") if path is not None else None
