@@ -596,3 +596,27 @@ def test_tokens_migrate_moves_sign_ins_both_ways(
         assert bad.exit_code == 2
     finally:
         store.close()
+
+
+def test_a_burst_of_refreshes_through_one_shared_store(
+    db_url: str, tmp_path: Path, sb: Sandbox
+) -> None:
+    """After an hour's downtime every token has expired: a worker starting then refreshes all
+    of its integrations at once, through the one database token store of the process."""
+    settings = _settings(sb, db_url, key_file(tmp_path))
+    shared = clients.token_store(settings)
+    expired = _expired_tokens(sb, "google")
+    ids = range(1, 41)
+    for iid in ids:
+        shared.put(iid, expired)
+    sb.reset_stats()
+
+    async def all_at_once() -> list[str]:
+        return await asyncio.gather(
+            *(clients.token_source(settings, "google", i, "dr-lee").access_token() for i in ids)
+        )
+
+    tokens = asyncio.run(all_at_once())
+    assert len(set(tokens)) == len(ids) and expired.access_token not in tokens
+    assert sb.stats()["token_refreshes"]["google"][EMAILS["google"]] == len(ids)
+    assert all((t := shared.get(i)) is not None and t.access_token == tokens[i - 1] for i in ids)

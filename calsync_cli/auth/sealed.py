@@ -251,6 +251,10 @@ class SealedTokenStore(TokenStorage):
     under another key). It is resolved at the first call, so building the store costs nothing.
     """
 
+    #: each hold keeps a database connection (PostgreSQL) or a worker thread while it waits:
+    #: well inside SQLAlchemy's default pool (5 + 10) and asyncio's default thread pool
+    max_holds = 4
+
     def __init__(
         self,
         store: Store,

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -193,6 +194,9 @@ class TokenStorage(ABC):
     latter for a missing or wrong sealing key): never ``ReauthRequired``, which is the token
     source's to decide from what ``get`` returns."""
 
+    #: holds one event loop may take or keep at once (``held``); None: no limit
+    max_holds: int | None = None
+
     @abstractmethod
     def get(self, integration_id: int | str) -> Tokens | None:
         """The stored tokens, or None when the integration has none."""
@@ -221,27 +225,57 @@ class TokenStorage(ABC):
         return TokenSlot(self, integration_id)
 
 
+#: per token store and event loop: how many holds may be taken or held at once
+_GATES: weakref.WeakKeyDictionary[TokenStorage, dict[asyncio.AbstractEventLoop, asyncio.Semaphore]]
+_GATES = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def _gate(storage: TokenStorage) -> asyncio.Semaphore | None:
+    if storage.max_holds is None:
+        return None
+    loop = asyncio.get_running_loop()
+    with _GATES_LOCK:
+        per_loop = _GATES.setdefault(storage, {})
+        gate = per_loop.get(loop)
+        if gate is None:
+            for old in [lp for lp in per_loop if lp.is_closed()]:
+                del per_loop[old]
+            gate = per_loop[loop] = asyncio.Semaphore(storage.max_holds)
+        return gate
+
+
 @contextlib.asynccontextmanager
 async def held(storage: TokenStorage, integration_id: int | str) -> AsyncIterator[TokenSlot]:
     """``storage.hold`` for async code: taken and released in worker threads, and released even
     when the task is cancelled at any point (a hold that leaked would block every other host's
-    refresh of this grant, and on SQLite every writer)."""
-    loop = asyncio.get_running_loop()
-    taking = loop.run_in_executor(None, storage.hold, integration_id)
-    try:
-        slot = await asyncio.shield(taking)
-    except asyncio.CancelledError:
-        # The thread may still get the hold: release it as soon as it does.
-        def release_late(fut: asyncio.Future[TokenSlot]) -> None:
-            if not fut.cancelled() and fut.exception() is None:
-                loop.run_in_executor(None, fut.result().release)
+    refresh of this grant).
 
-        taking.add_done_callback(release_late)
-        raise
-    try:
-        yield slot
-    finally:
-        await asyncio.shield(asyncio.to_thread(slot.release))
+    At most ``storage.max_holds`` holds per event loop are taken or held at once; the others
+    wait here, without a thread. Otherwise a burst of refreshes (every token has expired after
+    an hour's downtime) would fill the thread pool with holds waiting for a database connection
+    while the holders that own the connections wait for a thread to write and let go.
+    """
+    gate = _gate(storage)
+    async with contextlib.AsyncExitStack() as stack:
+        if gate is not None:
+            await stack.enter_async_context(gate)
+        loop = asyncio.get_running_loop()
+        taking = loop.run_in_executor(None, storage.hold, integration_id)
+        try:
+            slot = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The thread may still get the hold: release it as soon as it does.
+            def release_late(fut: asyncio.Future[TokenSlot]) -> None:
+                if not fut.cancelled() and fut.exception() is None:
+                    loop.run_in_executor(None, fut.result().release)
+
+            taking.add_done_callback(release_late)
+            raise
+        try:
+            yield slot
+        finally:
+            await asyncio.shield(asyncio.to_thread(slot.release))
 
 
 #: One keyring call at a time in this process. A sync run refreshes several integrations'
