@@ -95,6 +95,15 @@ def test_a_key_file_others_can_read_is_refused_with_the_fix(tmp_path: Path, mode
     assert key_from_file(path).fingerprint == SealingKey.from_material(KEY_A, "x").fingerprint
 
 
+def test_text_and_raw_key_files(tmp_path: Path) -> None:
+    text = key_file(tmp_path, b"  " + KEY_A + b"\r\n", "text.key")
+    assert key_from_file(text).fingerprint == SealingKey.from_material(KEY_A, "x").fingerprint
+    raw = b"\n" * 2 + bytes(range(200, 230)) + b" \n"  # 34 raw bytes: whitespace is key too
+    assert key_from_file(key_file(tmp_path, raw, "raw.key")).fingerprint == (
+        SealingKey.from_material(raw + b"\n", "x").fingerprint
+    )
+
+
 def test_a_missing_or_short_key_file_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(TokenKeyError, match="CALSYNC_SECRET_KEY_FILE.*does not exist"):
         key_from_file(tmp_path / "nope.key")

@@ -62,7 +62,7 @@ def test_dry_run_reports_the_plan_and_writes_nothing(
     # after the real sync the plan is empty, and a cancellation plans a delete
     assert runner.invoke(cli, ["sync"]).exit_code == 0
     assert json.loads(runner.invoke(cli, ["sync", "--dry-run", "--json"]).stdout)["totals"] == {
-        "create": 0, "update": 0, "move": 0, "delete": 0, "recover": 0, "skip": 0,
+        "create": 0, "update": 0, "move": 0, "delete": 0, "recover": 0, "skip": 0, "invalid": 0,
     }  # fmt: skip
     env.import_visits([visit("a", status="cancelled")], "v2.jsonl")
     again = json.loads(runner.invoke(cli, ["sync", "--dry-run", "--json"]).stdout)

@@ -441,7 +441,7 @@ def test_sweep_keeps_quiet_connections_alive(env: Env, app: str) -> None:
     assert asyncio.run(keep_alive(env.store, env.settings, now=env.clock()))["refreshed"] == []
     later = before.expires_at + timedelta(days=8)  # a quiet week and more
     out = asyncio.run(keep_alive(env.store, env.settings, now=later))
-    assert out == {"refreshed": [iid], "reauth_needed": [], "errors": {}}
+    assert out == {"refreshed": [iid], "reauth_needed": [], "unusable": [], "errors": {}}
     after = store.get(iid)
     assert after is not None and after.access_token != before.access_token
     if app == "outlook":  # Microsoft rotates the refresh token: the new one was stored

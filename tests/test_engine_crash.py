@@ -26,7 +26,7 @@ from calsync_cli.sandbox import Sandbox
 from calsync_cli.store import queue
 from calsync_cli.store.models import Job
 from tests.conftest import visit
-from tests.engine_support import Env, connect
+from tests.engine_support import EMAILS, Env, connect
 from tests.sync_support import (
     calendar_problems,
     connect_both,
@@ -247,3 +247,20 @@ def test_random_kills_between_random_edits_converge(tmp_path: Path) -> None:
             assert calendar_problems(env) == []
         finally:
             env.store.close()
+
+
+def test_outlook_repeat_after_the_transaction_id_was_forgotten_finds_the_event_by_tag(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graph keeps a transactionId for an undocumented while: a create repeated after that would
+    make a second event. The worker looks the event up by calsync's tag first (issue 9, item 9)."""
+    connect(env, "outlook")
+    env.import_visits([visit("a")])
+    die_while_syncing(env, monkeypatch)
+    assert len(env.events("outlook")) == 1
+    env.sb.faults("outlook", EMAILS["outlook"]).forget_transactions()
+    env.import_visits([visit("a", room="Room 9")], "v2.jsonl")
+    finish(env)
+    [event] = env.events("outlook")
+    assert "Room 9" in event["location"]["displayName"]
+    assert calendar_problems(env) == []

@@ -169,10 +169,22 @@ def test_plan_keeps_order_and_counts() -> None:
         (1, "a", "create"), (2, "b", "delete"), (3, "c", "update"),
     ]  # fmt: skip
     assert counts(steps) == {
-        "create": 1, "update": 1, "move": 0, "delete": 1, "recover": 0, "skip": 0,
+        "create": 1, "update": 1, "move": 0, "delete": 1, "recover": 0, "skip": 0, "invalid": 0,
     }  # fmt: skip
     assert steps[0].rendered is not None
     assert "https://pm.example/a" in steps[0].rendered.event.description
+
+
+def test_a_visit_that_cannot_be_rendered_is_invalid_alone() -> None:
+    """An instant the practice's zone cannot hold (year 9999 east of UTC) fails one step."""
+    integ = integration()
+    far = datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
+    bad_zone = Practice(**{**PRACTICE.model_dump(), "timezone": "Asia/Tokyo"})
+    items = [Item(1, a_visit(id="odd", start=far, end=far), bad_zone, None),
+             Item(2, a_visit(id="fine"), PRACTICE, None)]  # fmt: skip
+    odd, fine = plan(integ, items, GOOGLE)
+    assert (odd.action, odd.visit_id) == ("invalid", "odd") and "OverflowError" in odd.why
+    assert fine.action == "create"
 
 
 def test_plan_needs_a_calendar() -> None:

@@ -112,9 +112,16 @@ class SealingKey:
         return Tokens.from_json(plain.decode("utf-8"))
 
 
+def _material(raw: bytes) -> bytes:
+    """A text key (``openssl rand -base64 32``) without the whitespace around it; raw bytes
+    (``head -c 32 /dev/urandom``) as they are, since stripping could eat random bytes."""
+    if all(32 <= b < 127 or b in b"\t\n\r " for b in raw):
+        return raw.strip()
+    return raw
+
+
 def key_from_file(path: str | os.PathLike[str]) -> SealingKey:
-    """The key in ``path`` (surrounding whitespace ignored), refused when group or others may
-    read or write the file."""
+    """The key in ``path``, refused when group or others may read or write the file."""
     file = Path(path).expanduser()
     where = f"{KEY_FILE_VAR} ({file})"
     try:
@@ -125,7 +132,7 @@ def key_from_file(path: str | os.PathLike[str]) -> SealingKey:
                 f"(mode {stat.S_IMODE(info.st_mode):04o})",
                 hint=f"Run: chmod 600 {file}",
             )
-        material = file.read_bytes().strip()
+        material = _material(file.read_bytes())
     except FileNotFoundError:
         raise TokenKeyError(
             f"the token key file {file} ({KEY_FILE_VAR}) does not exist",

@@ -111,7 +111,7 @@ def main(
 
 
 def _register() -> None:
-    from calsync_cli.cli import connect, data, demo, integrations, sync, tokens
+    from calsync_cli.cli import audit, connect, data, demo, doctor, integrations, sync, tokens
 
     app.add_typer(data.practices, name="practices")
     app.add_typer(data.providers, name="providers")
@@ -121,6 +121,8 @@ def _register() -> None:
     sync.register(app)
     tokens.register(app)
     demo.register(app)
+    audit.register(app)
+    doctor.register(app)
 
 
 _register()

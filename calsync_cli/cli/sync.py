@@ -57,10 +57,12 @@ def _render_summary(data: dict[str, Any]) -> None:
 
 def exit_code_of_run(report: Any) -> int:
     """4 when an integration needs signing in again, else 1 when a job failed for good in this
-    run, else 0 (work rescheduled for a retry is not a failure)."""
+    run or this host could not work (an unusable keyring or database), else 0 (work
+    rescheduled for a retry is not a failure)."""
     if report.needs_reauth:
         return output.EXIT_REAUTH
-    return output.EXIT_FAILURE if report.failed else output.EXIT_OK
+    failed = report.failed or getattr(report, "blocked", False)
+    return output.EXIT_FAILURE if failed else output.EXIT_OK
 
 
 def _render_plan(data: dict[str, Any]) -> None:
@@ -251,7 +253,9 @@ def sweep(
 
     output.render(data, as_json, human)
     if data["tokens"]["reauth_needed"]:
-        raise typer.Exit(4)
+        raise typer.Exit(output.EXIT_REAUTH)
+    if data["tokens"]["unusable"]:  # the keyring or database of this host is the problem
+        raise typer.Exit(output.EXIT_FAILURE)
 
 
 def conflicts(
@@ -311,7 +315,88 @@ def conflicts(
         raise typer.Exit(1)
 
 
+def _render_verify(data: dict[str, Any]) -> None:
+    if not data["integrations"]:
+        output.say("No pushing integration to verify.")
+        return
+    output.table(
+        "Calendars against the store",
+        ["integration", "app", "events", "missing", "stale", "duplicate", "orphaned", "unknown"],
+        [[i["integration"], i["app"], i["events"],
+          *(i["counts"][k] for k in ("missing", "stale", "duplicate", "orphaned", "unknown"))]
+         for i in data["integrations"]],
+    )  # fmt: skip
+    for i in data["integrations"]:
+        for d in i["drift"]:
+            if d["kind"] != "unknown" and (output.state.verbose or len(i["drift"]) <= 20):
+                what = f" ({', '.join(d['fields'])})" if d["fields"] else ""
+                output.say(
+                    f"integration {i['integration']}: {d['kind']} visit {d['visit_id']}{what}"
+                )
+        if i["repaired"]:
+            r = i["repaired"]
+            output.say(
+                f"integration {i['integration']}: deleted {r['deleted']} duplicate events, queued"
+                f" {r['queued']} fixes; run 'calsync sync' to apply them"
+            )
+    if data["drift"] and not data["repaired"]:
+        output.say("Drift found. Queue the fixes with: calsync verify --repair")
+
+
+def verify(
+    integration: Annotated[
+        int | None,
+        typer.Argument(metavar="INTEGRATION", min=1, help="Only this integration (default: all)."),
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Queue the fixes: duplicates are deleted down to one now, the rest goes through"
+            " the queue for the next 'calsync sync'.",
+        ),
+    ] = False,
+    start: Annotated[
+        str | None, typer.Option("--from", help="Start of the window (default: now).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="End of the window (default: 90 days ahead).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare each calendar's calsync events with what the store says should be there.
+
+    Reads the events that carry calsync's tag (upcoming by default) and reports visits that
+    are missing, stale (edited outside calsync, or a lost update), duplicated, orphaned (the
+    visit was cancelled, reassigned or filtered out) or unknown (tagged, but not ours to judge:
+    left alone). Exits 0 when clean and 1 when drift was found, like diff; with --repair it
+    queues the fixes and exits 0.
+    """
+    import asyncio
+
+    from calsync_cli.engine.verify import parse_instant
+    from calsync_cli.engine.verify import verify as run_verify
+
+    results = asyncio.run(
+        run_verify(
+            context.store(), context.settings(), now=context.now(), integration_id=integration,
+            start=parse_instant(start, "--from") if start else None,
+            end=parse_instant(end, "--to") if end else None, repair=repair,
+        )
+    )  # fmt: skip
+    drift = not all(r.clean for r in results)
+    data = {
+        "integrations": [r.as_dict() for r in results],
+        "drift": drift,
+        "repaired": repair,
+    }
+    output.render(data, as_json, lambda: _render_verify(data))
+    if drift and not repair:
+        raise typer.Exit(output.EXIT_FAILURE)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
     app.command("sync")(sync)
     app.command("sweep")(sweep)
     app.command("conflicts")(conflicts)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from calsync_cli.config import Settings
-from calsync_cli.errors import CalsyncError
+from calsync_cli.errors import CalsyncError, KeyringError, StoreError, one_line
 from calsync_cli.providers.base import ProviderError, ReauthRequired
 from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import states
@@ -36,6 +36,7 @@ async def keep_alive(
     refreshed: list[int] = []
     reauth: list[int] = []
     errors: dict[int, str] = {}
+    unusable: list[int] = []  # this host could not read or store the tokens (keyring, database)
 
     async def one(integ: Integration) -> None:
         assert integ.id is not None
@@ -47,8 +48,11 @@ async def keep_alive(
             refreshed.append(integ.id)
         except ReauthRequired:
             reauth.append(integ.id)
+        except (KeyringError, StoreError) as exc:
+            unusable.append(integ.id)
+            errors[integ.id] = one_line(exc)
         except (ProviderError, CalsyncError) as exc:
-            errors[integ.id] = exc.message
+            errors[integ.id] = one_line(exc)
 
     await asyncio.gather(*(one(i) for i in integrations))
     if reauth:
@@ -57,4 +61,9 @@ async def keep_alive(
                 integ = session.get(Integration, iid)
                 if integ is not None:
                     states.mark_reauth(session, integ, now=now)
-    return {"refreshed": sorted(refreshed), "reauth_needed": sorted(reauth), "errors": errors}
+    return {
+        "refreshed": sorted(refreshed),
+        "reauth_needed": sorted(reauth),
+        "unusable": sorted(unusable),
+        "errors": errors,
+    }

@@ -14,6 +14,8 @@ recover     a dead worker's create may have landed where it should not (the visi
             belongs, or the integration moved to another calendar since): create on the same
             key and delete what that answers; then, when the visit belongs here, create here
 skip        nothing to do: unchanged, or nothing there and nothing wanted
+invalid     the visit cannot be rendered (an instant out of range, say): its job alone fails,
+            naming the visit; the others go on
 ==========  ==================================================================================
 
 The worker writes the steps ahead (``store.links``), applies them through the provider, and
@@ -30,13 +32,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, Protocol
+from zoneinfo import ZoneInfoNotFoundError
 
 from calsync_cli.engine.render import Rendered, render
 from calsync_cli.store.models import EventLink, Integration, Practice, Visit
+from calsync_cli.store.visits import Facts
 
-Action = Literal["create", "update", "move", "delete", "recover", "skip"]
-ACTIONS: tuple[Action, ...] = ("create", "update", "move", "delete", "recover", "skip")
+__all__ = ["ACTIONS", "PENDING_CREATE", "Facts", "Step", "counts", "plan", "wanted"]
+
+Action = Literal["create", "update", "move", "delete", "recover", "skip", "invalid"]
+ACTIONS: tuple[Action, ...] = ("create", "update", "move", "delete", "recover", "skip", "invalid")
 
 #: ``EventLink.content_hash`` while a create may have reached the calendar unrecorded
 PENDING_CREATE = "pending-create"
@@ -51,14 +57,6 @@ class VisitFacts(Protocol):
     def practice_id(self) -> str: ...
     @property
     def provider_id(self) -> str: ...
-
-
-class Facts(NamedTuple):
-    """A visit's facts that ``wanted`` reads, for a record not (yet) stored."""
-
-    status: str
-    practice_id: str
-    provider_id: str
 
 
 class Capabilities(Protocol):
@@ -141,7 +139,6 @@ def plan(
     assert calendar is not None, "plan() needs an integration with a calendar"
     steps: list[Step] = []
     for item in work:
-        visit, link = item.visit, item.link
 
         def draw(generation: int, _item: Work = item) -> Rendered:
             return render(
@@ -152,45 +149,54 @@ def plan(
         def step(action: Action, why: str, _item: Work = item, **kw: Any) -> Step:
             return Step(action, _item.job_id, _item.visit.id, why, calendar_id=calendar, **kw)
 
-        base = link.generation if link else 0
-        live = link is not None and link.external_id is not None
-        pending = link is not None and not live and link.content_hash == PENDING_CREATE
-        where = (link.calendar_id if link else None) or calendar
-        if wanted(visit, integ):
-            if pending and where != calendar:
-                again = next_generation(link, caps)
-                steps.append(step("recover", "a create left on the previous calendar",
-                                  rendered=draw(again), generation=again, from_calendar=where,
-                                  probe=draw(base)))  # fmt: skip
-            elif not live:
-                steps.append(step("create", "not on the calendar", rendered=draw(base),
-                                  generation=base, repeat=pending))  # fmt: skip
-            elif where != calendar:
-                again = next_generation(link, caps)
-                assert link is not None
-                steps.append(step("move", "the integration's calendar changed",
-                                  rendered=draw(again), generation=again,
-                                  event_id=link.external_id, from_calendar=where))  # fmt: skip
-            else:
-                assert link is not None
-                rendered = draw(base)
-                if link.content_hash == rendered.content_hash:
-                    steps.append(step("skip", "unchanged", generation=base))
-                else:
-                    steps.append(step("update", "changed", rendered=rendered, generation=base,
-                                      event_id=link.external_id))  # fmt: skip
-        elif live:
-            assert link is not None
-            steps.append(step("delete", _why_not(visit), event_id=link.external_id,
-                              from_calendar=where, generation=base,
-                              generation_after_delete=next_generation(link, caps)))  # fmt: skip
-        elif pending:
-            steps.append(step("recover", _why_not(visit), from_calendar=where, probe=draw(base),
-                              generation=base,
-                              generation_after_delete=next_generation(link, caps)))  # fmt: skip
-        else:
-            steps.append(step("skip", "not wanted and not there", generation=base))
+        try:
+            steps.append(_one(integ, item, caps, draw, step))
+        except (ValueError, OverflowError, KeyError, ZoneInfoNotFoundError) as exc:
+            steps.append(step("invalid", f"cannot be rendered ({type(exc).__name__})"))
     return steps
+
+
+def _one(
+    integ: Integration,
+    item: Work,
+    caps: Capabilities,
+    draw: Callable[[int], Rendered],
+    step: Callable[..., Step],
+) -> Step:
+    """The step for one item (see the module docstring)."""
+    visit, link = item.visit, item.link
+    base = link.generation if link else 0
+    live = link is not None and link.external_id is not None
+    pending = link is not None and not live and link.content_hash == PENDING_CREATE
+    where = (link.calendar_id if link else None) or integ.calendar_id
+    if not wanted(visit, integ):
+        if live:
+            assert link is not None
+            return step("delete", _why_not(visit), event_id=link.external_id,
+                        from_calendar=where, generation=base,
+                        generation_after_delete=next_generation(link, caps))  # fmt: skip
+        if pending:
+            return step("recover", _why_not(visit), from_calendar=where, probe=draw(base),
+                        generation=base,
+                        generation_after_delete=next_generation(link, caps))  # fmt: skip
+        return step("skip", "not wanted and not there", generation=base)
+    if pending and where != integ.calendar_id:
+        again = next_generation(link, caps)
+        return step("recover", "a create left on the previous calendar", rendered=draw(again),
+                    generation=again, from_calendar=where, probe=draw(base))  # fmt: skip
+    if not live:
+        return step("create", "not on the calendar", rendered=draw(base), generation=base,
+                    repeat=pending)  # fmt: skip
+    assert link is not None
+    if where != integ.calendar_id:
+        again = next_generation(link, caps)
+        return step("move", "the integration's calendar changed", rendered=draw(again),
+                    generation=again, event_id=link.external_id, from_calendar=where)  # fmt: skip
+    rendered = draw(base)
+    if link.content_hash == rendered.content_hash:
+        return step("skip", "unchanged", generation=base)
+    return step("update", "changed", rendered=rendered, generation=base,
+                event_id=link.external_id)  # fmt: skip
 
 
 def _why_not(visit: Visit) -> str:

@@ -39,6 +39,11 @@ class SyncReport:
     def failed(self) -> int:
         return self.push.failed
 
+    @property
+    def blocked(self) -> bool:
+        """This host could not work (an unusable keyring or database): exit 1."""
+        return self.push.blocked
+
     def as_dict(self) -> dict[str, Any]:
         return {**self.push.as_dict(), "pull": [p.as_dict() for p in self.pulled]}
 

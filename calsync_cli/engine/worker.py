@@ -42,12 +42,13 @@ from typing import Any
 from calsync_cli.config import Settings
 from calsync_cli.engine.plan import PENDING_CREATE, Step, plan
 from calsync_cli.engine.render import Rendered, render
-from calsync_cli.errors import one_line
+from calsync_cli.errors import KeyringError, StoreError, one_line
 from calsync_cli.providers.base import (
     CalendarProvider,
     CalendarUnavailable,
     EventIdTaken,
     Gone,
+    InvalidRequest,
     NotFound,
     Operation,
     OperationResult,
@@ -101,12 +102,15 @@ class IntegrationSummary:
     failed: int = 0
     held: int = 0
     needs_reauth: bool = False
+    #: this host could not work for it (an unusable keyring or database): an operational failure
+    blocked: bool = False
     error: str | None = None
 
     def add(self, other: IntegrationSummary) -> None:
         for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.needs_reauth = self.needs_reauth or other.needs_reauth
+        self.blocked = self.blocked or other.blocked
         self.error = other.error or self.error
 
     @property
@@ -136,6 +140,10 @@ class RunSummary:
     def failed(self) -> int:
         return sum(s.failed for s in self.integrations.values())
 
+    @property
+    def blocked(self) -> bool:
+        return any(s.blocked for s in self.integrations.values())
+
     def totals(self) -> dict[str, int]:
         return {k: sum(getattr(s, k) for s in self.integrations.values()) for k in COUNTERS}
 
@@ -144,6 +152,25 @@ class RunSummary:
             "integrations": [asdict(s) for s in self.integrations.values()],
             "totals": self.totals(),
         }
+
+
+def owner_is_dead_here(owner: str) -> bool:
+    """Whether a lease ``owner`` (``host:pid:nonce``) is a process of this host that is gone.
+    Only provable deaths count: another host's owner, or a pid that exists, is alive."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
 
 
 class Worker:
@@ -158,6 +185,7 @@ class Worker:
         owner: str | None = None,
         lease: timedelta = timedelta(minutes=5),
         claim_limit: int = 2000,
+        per_integration: int = 250,
         open_provider: OpenProvider | None = None,
         provider_options: dict[str, Any] | None = None,
         rng: random.Random | None = None,
@@ -169,6 +197,7 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self.lease = lease
         self.claim_limit = claim_limit
+        self.per_integration = per_integration
         if open_provider is None:
             from calsync_cli.services.clients import open_provider as default_open
 
@@ -187,20 +216,26 @@ class Worker:
         done = total = 0
         client = self._http_client()
         try:
+            await asyncio.to_thread(self._reclaim_dead)
             for _ in range(max_rounds):
                 if self.stop_requested:
                     break
                 now = self.clock()
                 with self.store.write() as session:
                     claimed = queue.claim(
-                        session, owner=self.owner, now=now, lease=self.lease, limit=self.claim_limit
-                    )
+                        session, owner=self.owner, now=now, lease=self.lease,
+                        limit=self.claim_limit, per_integration=self.per_integration,
+                    )  # fmt: skip
                 if not claimed:
                     break
                 total += sum(len(items) for _, items in claimed.values())
-                results = await asyncio.gather(
-                    *(self._integration(integ, items, client) for integ, items in claimed.values())
-                )
+                renewing = asyncio.create_task(self._renew_leases())
+                try:
+                    results = await asyncio.gather(
+                        *(self._integration(i, items, client) for i, items in claimed.values())
+                    )
+                finally:
+                    renewing.cancel()
                 for result in results:
                     summary.merge(result)
                     done += result.done
@@ -212,6 +247,26 @@ class Worker:
             with self.store.write() as session:
                 queue.release(session, self.owner, now=self.clock())
         return summary
+
+    async def _renew_leases(self) -> None:
+        """While a round is in flight, extend its leases every third of a lease, so a long batch
+        is never taken over by another worker while it is still being pushed."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+
+            def renew() -> None:
+                with self.store.write() as session:
+                    queue.renew(session, self.owner, until=self.clock() + self.lease)
+
+            await asyncio.to_thread(renew)
+
+    def _reclaim_dead(self) -> None:
+        """Leases held by a process of this host that no longer exists (killed, crashed) are
+        ended now: the queue does not sit idle until they expire."""
+        now = self.clock()
+        with self.store.write() as session:
+            dead = [o for o in queue.lease_owners(session, now=now) if owner_is_dead_here(o)]
+            queue.expire_leases(session, dead, now=now)
 
     def _http_client(self) -> Any:
         if "client" in self.provider_options:
@@ -294,7 +349,10 @@ class Worker:
                 job = queue.owned(session, item.job_id, self.owner)
                 if job is None:
                     continue  # our lease expired and another worker took the job over
-                outcome = outcomes.get(item.job_id, RuntimeError("no outcome"))
+                outcome = outcomes.get(item.job_id)
+                if outcome is None:  # not reached before a stop: back to the queue, untouched
+                    queue.give_back(session, job, now=now)
+                    continue
                 if isinstance(outcome, Result):
                     success = True
                     outcome.visit_hash = item.visit.content_hash
@@ -309,7 +367,13 @@ class Worker:
                     continue
                 error = one_line(outcome)
                 last_error = error
-                if isinstance(outcome, ReauthRequired | CalendarUnavailable):
+                if isinstance(outcome, KeyringError | StoreError):
+                    # this host cannot reach its tokens or its database: not the provider's
+                    # fault and not the visit's, so no retry is used up (exit 1, operational)
+                    summary.held += 1
+                    summary.blocked = True
+                    queue.hold(session, job, now=now, error=error, at=now + RETRY_DELAYS[0])
+                elif isinstance(outcome, ReauthRequired | CalendarUnavailable):
                     summary.needs_reauth = summary.needs_reauth or isinstance(
                         outcome, ReauthRequired
                     )
@@ -384,6 +448,8 @@ class Applier:
         for step in steps:
             if step.action == "skip":
                 outcomes[step.job_id] = Result("skipped")
+            elif step.action == "invalid":
+                outcomes[step.job_id] = InvalidRequest(f"visit {step.visit_id} {step.why}")
         await asyncio.to_thread(self.worker.write_ahead, self.integ, steps)
 
         # 1. What must go before a create here: a dead worker's create where it should not be
@@ -400,15 +466,21 @@ class Applier:
 
         # 2. One batch on the integration's calendar: updates, creates, deletes there.
         creates = [s for s in steps if s.action == "create"] + relocations
+        if self.provider.repeated_create_returns_original:
+            # The service's idempotency key (Graph's transactionId) is kept for an undocumented
+            # while only: before creating again what a dead worker may have made, look for it by
+            # calsync's tag; found, it is updated in place instead of created twice.
+            found = await self._find_repeats([s for s in creates if s.repeat], outcomes)
+            creates = [s for s in creates if s.job_id not in found]
         updates = [s for s in steps if s.action == "update"]
         deletes = [s for s in steps if s.action == "delete"]
         here = [s for s in deletes if s.from_calendar == self.calendar]
         ops = [Operation("update", event=self._event(s), event_id=s.event_id) for s in updates]
         ops += [Operation("create", event=self._event(s)) for s in creates]
         ops += [Operation("delete", event_id=s.event_id) for s in here]
-        results = await self.provider.batch(self.calendar, ops) if ops else []
+        results = await self._batch_until_stopped(ops)
         again: list[tuple[Step, int]] = []  # creates to send under another generation
-        for step, result in zip([*updates, *creates, *here], results, strict=True):
+        for step, result in zip([*updates, *creates, *here], results, strict=False):
             error, rendered = result.error, step.rendered
             if step.action == "delete":
                 if error is None or isinstance(error, NotFound | Gone):
@@ -449,6 +521,18 @@ class Applier:
                 raise
             except ProviderError as exc:
                 outcomes[step.job_id] = exc
+
+    async def _batch_until_stopped(self, ops: Sequence[Operation]) -> list[OperationResult]:
+        """The batch on the integration's calendar, in slices of as many requests as may be in
+        flight at once; a stop request (SIGTERM) ends it between slices: what was not sent gets
+        no outcome and goes back to the queue untouched."""
+        size = max(1, self.provider.max_batch * self.provider.max_concurrency)
+        results: list[OperationResult] = []
+        for first in range(0, len(ops), size):
+            if self.worker.stop_requested:
+                break
+            results += await self.provider.batch(self.calendar, ops[first : first + size])
+        return results
 
     @staticmethod
     def _event(step: Step) -> Any:
@@ -520,6 +604,33 @@ class Applier:
                     outcomes[step.job_id] = result.error
         for step, _ in again:
             outcomes[step.job_id] = EventIdTaken("no free event id for this visit")
+
+    async def _find_repeats(self, repeats: Sequence[Step], outcomes: Outcomes) -> set[int]:
+        """Repeated creates whose event is found by its tag: updated to the current render and
+        recorded as created. Answers their job ids."""
+        found: set[int] = set()
+        for step in repeats:
+            if self.worker.stop_requested:
+                break
+            assert step.rendered is not None
+            try:
+                event_id = await self.provider.find_event_by_tag(
+                    self.calendar, step.rendered.event.tag
+                )
+                if event_id is None:
+                    continue
+                await self.provider.update_event(self.calendar, event_id, step.rendered.event)
+            except ReauthRequired:
+                raise
+            except ProviderError as exc:
+                outcomes[step.job_id] = exc
+                found.add(step.job_id)
+                continue
+            outcomes[step.job_id] = self._made(
+                step, step.rendered, step.generation, OperationResult(event_id)
+            )
+            found.add(step.job_id)
+        return found
 
     async def _refresh_repeats(self, repeats: Sequence[Step], outcomes: Outcomes) -> None:
         """A repeated create answered the event as first created: bring it up to date."""

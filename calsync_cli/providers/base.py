@@ -11,7 +11,7 @@ anyone changing anything.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Literal
@@ -80,6 +80,34 @@ class EventData:
     end: datetime  # aware
     timezone: str  # IANA name of the practice
     tag: str
+    #: mark the event private (Google ``visibility``, Outlook ``sensitivity``): people the
+    #: calendar is shared with see "busy", not the patient
+    private: bool = True
+    #: reminders: None = the app's default for synced visits (Outlook off, Google the
+    #: calendar's default reminders), True = the calendar's default reminders, False = none
+    reminders: bool | None = None
+
+
+@dataclass(frozen=True)
+class TaggedEvent:
+    """One of calsync's own events as the provider holds it now (``list_tagged_events``), in
+    the terms of ``EventData`` so the engine can compare it with a fresh render.
+
+    ``description`` is plain text (Google's HTML is read back to text); ``private`` and
+    ``reminders_on`` are what the event says now (``reminders_on`` is None where the provider
+    leaves the calendar's default in place)."""
+
+    event_id: str
+    tag: str
+    title: str
+    description: str
+    location: str | None
+    start: datetime  # aware
+    end: datetime  # aware
+    private: bool
+    reminders_on: bool | None = None
+    #: the provider's change marker (Google ``etag``, Graph ``changeKey``), when it gives one
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +183,19 @@ class CalendarProvider(abc.ABC):
     @abc.abstractmethod
     async def delete_event(self, calendar_id: str, event_id: str) -> None:
         """Delete the event. Raises ``NotFound`` or ``Gone`` when it is already gone."""
+
+    @abc.abstractmethod
+    async def find_event_by_tag(self, calendar_id: str, tag: str) -> str | None:
+        """The id of the live event carrying calsync's ``tag`` on the calendar, or None. One
+        request: the engine asks it before creating again a create that may have landed (Graph
+        keeps a ``transactionId`` for an undocumented while only)."""
+
+    @abc.abstractmethod
+    def list_tagged_events(
+        self, calendar_id: str, start: datetime, end: datetime
+    ) -> AsyncIterator[list[TaggedEvent]]:
+        """calsync's live events overlapping [start, end), one list per page the provider
+        answers: the number of requests grows with pages, not events."""
 
     @abc.abstractmethod
     async def list_busy(self, calendar_id: str, start: datetime, end: datetime) -> list[BusyBlock]:
