@@ -26,11 +26,13 @@ declare -gA _calsync_words=(
   ["calsync sweep"]="--lookback --retry-failed --json"
   ["calsync sync"]="--watch --interval --dry-run --metrics-file --json"
   ["calsync toggle"]="--pause --resume --json"
+  ["calsync tokens migrate"]="--to --json"
+  ["calsync tokens"]="migrate"
   ["calsync verify"]="--repair --from --to --json"
   ["calsync visits import"]="--format --json"
   ["calsync visits list"]="--provider --practice --from --to --limit --json"
   ["calsync visits"]="import list"
-  ["calsync"]="audit calendars conflicts connect demo direction disconnect doctor filters practices providers sandbox status sweep sync toggle verify visits -v --verbose --version"
+  ["calsync"]="audit calendars conflicts connect demo direction disconnect doctor filters practices providers sandbox status sweep sync toggle tokens verify visits -v --verbose --version"
 )
 
 _calsync() {

@@ -4,9 +4,11 @@ The core of ``calsync connect``, ``calendars list|select`` and ``disconnect``. I
 of the command line: everything meant for the user arrives through callbacks
 (``announce_url``, ``notify``, ``choose``) or comes back as data.
 
-Tokens live only in the keyring. A new integration's row and its tokens are written together:
-the tokens are stored inside the database transaction, just before it commits, so a keyring
-failure rolls the row back, and a failed commit deletes the tokens again.
+Tokens live in the token store the settings choose (``clients.token_store``: the keyring, or
+sealed in the database). A new integration's row and its tokens are written together: the
+tokens are stored inside the database transaction, just before it commits (a database store
+writes in that very transaction), so a keyring failure rolls the row back, and a failed commit
+deletes the tokens again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from calsync_cli.auth import (
     OAuthApp,
     RevokeOutcome,
     Tokens,
-    TokenStore,
+    TokenStorage,
     oauth_app,
     reconnect_hint,
     revoke,
@@ -42,7 +44,7 @@ from calsync_cli.providers.base import (
     StaticTokenSource,
 )
 from calsync_cli.providers.factory import make_provider
-from calsync_cli.services import integrations
+from calsync_cli.services import clients, integrations
 from calsync_cli.services.clients import http_client, open_provider
 from calsync_cli.store import audit, states
 from calsync_cli.store.db import Store
@@ -237,7 +239,7 @@ def connect(
     opts: ConnectOptions,
     *,
     now: Callable[[], datetime],
-    token_store: TokenStore | None = None,
+    token_store: TokenStorage | None = None,
 ) -> ConnectResult:
     """Sign in and create the integration, or sign an existing one in again.
 
@@ -308,7 +310,7 @@ def connect(
 
     result = _store_connection(
         store,
-        token_store or TokenStore(),
+        token_store or clients.token_store(settings, store),
         app=app,
         provider_id=opts.provider_id,
         existing=existing,
@@ -329,7 +331,7 @@ def connect(
 
 def _store_connection(
     store: Store,
-    token_store: TokenStore,
+    token_store: TokenStorage,
     *,
     app: AppName,
     provider_id: str,
@@ -404,7 +406,7 @@ def _store_connection(
                 # kept to put back if the commit fails; a damaged entry is what we replace
                 with contextlib.suppress(CalsyncError):
                     previous_tokens = token_store.get(iid)
-            token_store.put(iid, tokens)
+            token_store.put(iid, tokens, within=session)
             stored_for = iid
     except BaseException:
         if stored_for is not None:  # the commit failed after the tokens were stored
@@ -668,10 +670,10 @@ def disconnect(
     integration_id: int,
     *,
     now: Callable[[], datetime],
-    token_store: TokenStore | None = None,
+    token_store: TokenStorage | None = None,
     purge: bool = False,
 ) -> DisconnectResult:
-    """Revoke at the provider, delete the keyring entry, drop live jobs, mark Disconnected.
+    """Revoke at the provider, delete the stored tokens, drop live jobs, mark Disconnected.
 
     Synced events stay on the calendar, unless ``purge``: then, before revoking, calsync's
     events of upcoming visits are deleted (``purge_upcoming``); past visits' events stay. When
@@ -680,7 +682,7 @@ def disconnect(
     deleting any token left behind) and says so; with ``purge`` that is an ``InputError``
     (without a sign-in nothing can be deleted).
     """
-    tstore = token_store or TokenStore()
+    tstore = token_store or clients.token_store(settings, store)
     ref = load(store, integration_id)
     if ref.status == "Disconnected":
         if purge:
