@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from calsync_cli.auth import DeviceCode, RemoteSignIn
     from calsync_cli.providers.base import Calendar
 
-#: pauses between device-code polls (tests replace it: no sleeping)
+#: pauses between device-code polls, and measures --timeout (tests replace them: no sleeping)
 device_wait = time.sleep
+sign_in_clock = time.monotonic
 
 
 class App(StrEnum):
@@ -251,6 +252,7 @@ def connect(
         ),
         read_answer=lambda: read_answer(timeout),
         wait=lambda seconds: device_wait(seconds),
+        clock=lambda: sign_in_clock(),
         notify=output.say,
         choose=pick_calendar if calendar is None and interactive() else None,
     )

@@ -405,10 +405,13 @@ class Sandbox:
     def device_code_settings(
         self, *, interval: float | None = None, expires_in: float | None = None
     ) -> None:
-        """The interval and lifetime of device codes issued from now on."""
+        """The interval (for pending codes too) and lifetime of device codes issued from now
+        on."""
         with self._state.lock:
             if interval is not None:
                 self._state.oauth.device_interval = max(0.0, float(interval))
+                for rec in self._state.oauth.device_codes.values():
+                    rec.interval = self._state.oauth.device_interval
             if expires_in is not None:
                 self._state.oauth.device_ttl = max(0.0, float(expires_in))
 
