@@ -111,7 +111,7 @@ def main(
 
 
 def _register() -> None:
-    from calsync_cli.cli import connect, data, demo, integrations, sync
+    from calsync_cli.cli import audit, connect, data, demo, doctor, integrations, sync
 
     app.add_typer(data.practices, name="practices")
     app.add_typer(data.providers, name="providers")
@@ -120,6 +120,8 @@ def _register() -> None:
     connect.register(app)
     sync.register(app)
     demo.register(app)
+    audit.register(app)
+    doctor.register(app)
 
 
 _register()
