@@ -168,3 +168,50 @@ def test_a_trickling_client_does_not_block_the_real_redirect() -> None:
                 ok = browser.get(f"http://127.0.0.1:{listener.port}/?code=real&state=s")
             assert ok.status_code == 200
             assert listener.wait(1) == "real"
+
+
+def test_the_control_api_approves_a_user_code_for_a_sandbox_in_another_process(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    """What a test driving ``calsync`` in a subprocess does: read the pending code and approve
+    it over HTTP (``/_sandbox/devicecodes``)."""
+    with httpx2.Client(base_url=sb.url, trust_env=False) as control:
+        assert control.post("/_sandbox/devicecodes/settings", json={"interval": 0}).is_success
+
+        def wait(seconds: float) -> None:
+            pending = control.get("/_sandbox/devicecodes").json()["device_codes"]
+            code = pending[-1]["user_code"]
+            answer = {"user_code": code, "decision": "allow", "account": OUTLOOK}
+            assert control.post("/_sandbox/devicecodes", json=answer).is_success
+
+        signed = device_sign_in(
+            app_of(sb, "outlook", tmp_path), timeout=60, announce=lambda c: None, wait=wait
+        )
+        assert signed.tokens.refresh_token
+        (done,) = control.get("/_sandbox/devicecodes").json()["device_codes"]
+        assert done["redeemed"] is True and done["account"] == OUTLOOK
+        unknown = control.post("/_sandbox/devicecodes", json={"user_code": "NOPE"})
+        assert unknown.status_code == 404
+
+
+def test_the_devicecode_endpoint_answers_like_microsoft(sb: Sandbox) -> None:
+    url = f"{sb.url}/microsoft/common/oauth2/v2.0/devicecode"
+    client_id = sb.env()["CALSYNC_MICROSOFT_CLIENT_ID"]
+    with httpx2.Client(trust_env=False) as http:
+        ok = http.post(url, data={"client_id": client_id, "scope": "Calendars.ReadWrite"})
+        assert ok.status_code == 200
+        body = ok.json()
+        assert set(body) >= {"device_code", "user_code", "verification_uri", "expires_in"}
+        assert body["expires_in"] == 900 and body["interval"] == 5
+        unknown = http.post(url, data={"client_id": "nobody", "scope": "Calendars.ReadWrite"})
+        assert unknown.status_code == 400 and unknown.json()["error"] == "unauthorized_client"
+        no_scope = http.post(url, data={"client_id": client_id})
+        assert no_scope.json()["error_codes"] == [900144]
+        sb.register_app("outlook", single_tenant="t-1")
+        common = http.post(url, data={"client_id": client_id, "scope": "Calendars.ReadWrite"})
+        assert common.status_code == 400 and common.json()["error_codes"] == [50194]
+        tenant = http.post(
+            f"{sb.url}/microsoft/t-1/oauth2/v2.0/devicecode",
+            data={"client_id": client_id, "scope": "Calendars.ReadWrite"},
+        )
+        assert tenant.status_code == 200
