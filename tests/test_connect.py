@@ -855,3 +855,16 @@ def test_a_grant_that_cannot_be_stored_is_revoked(
     assert "revoked at Google" in result.stderr
     assert sb.revocations("google", GMAIL) == 1
     assert_nothing_stored()
+
+
+def test_reading_the_pasted_address_gives_up_at_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with os.fdopen(read_end, "r", closefd=True) as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            assert connect_cli.read_answer(0.2) is None  # nothing typed: None, not a hang
+            os.write(write_end, b"late\n")  # lets the abandoned reader finish before close
+    finally:
+        os.close(write_end)
