@@ -176,10 +176,12 @@ class _Server(ThreadingHTTPServer):
         self.result: CallbackResult | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()
+        #: connections still sending their request (a response is small and never blocks)
         self.connections: set[socket.socket] = set()
 
     def cut_connections(self) -> None:
-        """Shut every open connection, so no handler thread outlives the listener."""
+        """Shut every connection still sending its request, so no handler thread outlives the
+        listener; one already answering finishes its page."""
         with self.lock:
             open_now = list(self.connections)
         for conn in open_now:
@@ -215,6 +217,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
         with self.server.lock:
             self.server.connections.add(self.connection)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        # The request line and headers are read (a GET has no body): the handler only answers.
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        return ok
 
     def finish(self) -> None:
         with self.server.lock:
