@@ -846,7 +846,7 @@ def test_an_unusable_token_store_stops_connect_before_the_sign_in(
 def test_a_grant_that_cannot_be_stored_is_revoked(
     sb: Sandbox, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: TokenStore, integration_id: object, tokens: object) -> None:
+    def broken(self: TokenStore, integration_id: object, tokens: object, **_kw: object) -> None:
         raise KeyringError("the keyring failed to write: test")
 
     monkeypatch.setattr(TokenStore, "put", broken)
