@@ -43,19 +43,23 @@ def test_claims_are_sized_per_integration_and_leave_a_busy_mailbox_alone(env: En
         [visit(f"g{i}") for i in range(6)]
         + [visit(f"o{i}", provider_id="dr-patel") for i in range(6)]
     )
-    # at most 2 of one integration in a claim of 3: both integrations get work
+    # alone, a worker takes every integration, at most 2 jobs of each, 3 in all
     first = _claim(env, "w1", limit=3, per_integration=2)
     assert sum(first.values()) == 3 and all(n <= 2 for n in first.values())
+    assert set(first) == {google, outlook}
     # another worker does not take jobs of an integration w1 is pushing to
-    second = _claim(env, "w2", limit=100, per_integration=100)
-    assert second == {} or set(second).isdisjoint(first)
-    # once w1's leases end, the rest is anyone's
+    assert _claim(env, "w2", limit=100, per_integration=100) == {}
     with env.store.write() as s:
         queue.release(s, "w1", now=env.clock())
-    assert sum(_claim(env, "w3", limit=100, per_integration=100).values()) == 12 - sum(
-        second.values()
-    )
-    assert {google, outlook} >= set(first)
+        queue.resign(s, "w1")
+        queue.resign(s, "w2")
+    # two workers at work: each takes its share, one integration each
+    with env.store.write() as s:
+        queue.heartbeat(s, "w1", now=env.clock())
+        queue.heartbeat(s, "w2", now=env.clock())
+    mine, theirs = _claim(env, "w1", limit=100), _claim(env, "w2", limit=100)
+    assert len(mine) == 1 and len(theirs) == 1 and set(mine) != set(theirs)
+    assert sum(mine.values()) + sum(theirs.values()) == 12
 
 
 def _wait_exit(proc: subprocess.Popen[bytes]) -> bool:

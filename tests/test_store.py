@@ -384,6 +384,7 @@ def _make_v2(session: Any) -> None:
         for column in columns:
             session.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     session.execute(sa.text("DROP TABLE sealed_token"))
+    session.execute(sa.text("DROP TABLE worker_seen"))
     session.execute(sa.text("UPDATE calsync_meta SET value = '2' WHERE key = 'schema_version'"))
 
 

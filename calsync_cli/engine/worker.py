@@ -225,6 +225,8 @@ class Worker:
         done = total = 0
         client = self._http_client()
         try:
+            with self.store.write() as session:  # count among the workers before anyone claims
+                queue.heartbeat(session, self.owner, now=self.clock())
             await asyncio.to_thread(self._reclaim_dead)
             for _ in range(max_rounds):
                 if self.stop_requested:
@@ -255,6 +257,7 @@ class Worker:
                 await client.aclose()
             with self.store.write() as session:
                 queue.release(session, self.owner, now=self.clock())
+                queue.resign(session, self.owner)
         return summary
 
     async def _renew_leases(self) -> None:

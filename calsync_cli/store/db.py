@@ -65,7 +65,8 @@ def _v3_states_filters_render_inputs(conn: Connection) -> None:
         "UPDATE event_link SET generation = 0 WHERE integration_id IN "
         "(SELECT id FROM integration WHERE app = 'google')"
     )
-    SQLModel.metadata.tables[models.SealedToken.__tablename__].create(conn, checkfirst=True)
+    for table in (models.SealedToken, models.WorkerSeen):
+        SQLModel.metadata.tables[table.__tablename__].create(conn, checkfirst=True)
 
 
 #: version reached -> step that upgrades from the version before it

@@ -215,3 +215,12 @@ class SealedToken(SQLModel, table=True):
     ciphertext: str
     key_fingerprint: str
     updated_at: datetime = _utc_col(nullable=False)
+
+
+class WorkerSeen(SQLModel, table=True):
+    """Workers at work now (``sync`` runs in progress): claims share the integrations among
+    them. A row lives while its worker runs a sync; a dead worker's row ages out (v3)."""
+
+    __tablename__ = "worker_seen"
+    owner: str = Field(primary_key=True)
+    seen_at: datetime = _utc_col(nullable=False)

@@ -8,7 +8,9 @@ lease holder may complete a job: a worker whose lease expired and was taken over
 nothing.
 
 Fair sharing: a claim takes at most ``per_integration`` jobs of one integration, oldest due
-integrations first, and leaves alone an integration another worker is pushing to (a live lease):
+integrations first, at most its share of the integrations with work (their number divided by the
+workers at work now, ``heartbeat``), and leaves alone an integration another worker is pushing
+to (a live lease):
 one mailbox is served by one worker at a time (its concurrency limit is per mailbox), so two or
 three workers spread over the integrations, and a slow or throttled mailbox holds back only
 itself. On PostgreSQL a transaction-scoped advisory lock per integration keeps two claims that
@@ -40,6 +42,7 @@ from calsync_cli.store.models import (
     Job,
     Practice,
     Visit,
+    WorkerSeen,
 )
 
 #: how long finished jobs (done, or dropped by a disconnect) are kept before the sweep prunes them
@@ -102,6 +105,12 @@ def claim(
     integration (see the module docstring); grouped by integration."""
     per = per_integration or limit
     postgres = session.get_bind().dialect.name == "postgresql"
+    heartbeat(session, owner, now=now)
+    workers = session.exec(
+        select(sa.func.count())
+        .select_from(WorkerSeen)
+        .where(col(WorkerSeen.seen_at) >= now - lease)
+    ).one()
     busy = (
         select(Job.integration_id)
         .where(Job.state == JOB_RUNNING, col(Job.lease_until) >= now, Job.lease_owner != owner)
@@ -115,9 +124,13 @@ def claim(
         .order_by(None)
         .order_by(sa.func.min(Job.next_attempt_at), col(Job.integration_id))
     )
+    candidates = session.execute(waiting).all()
+    others = session.exec(select(sa.func.count()).select_from(busy.subquery())).one()
+    share = -(-(len(candidates) + others) // max(1, workers))  # ceil: every worker gets some
     jobs: list[Job] = []
-    for integration_id, _oldest in session.execute(waiting).all():
-        if len(jobs) >= limit:
+    taken = 0
+    for integration_id, _oldest in candidates:
+        if len(jobs) >= limit or taken >= share:
             break
         if (
             postgres
@@ -130,7 +143,9 @@ def claim(
         stmt = _due(now, min(per, limit - len(jobs))).where(Job.integration_id == integration_id)
         if postgres:
             stmt = stmt.with_for_update(skip_locked=True)
-        jobs += session.exec(stmt)
+        got = list(session.exec(stmt))
+        taken += 1 if got else 0
+        jobs += got
     if not jobs:
         return {}
     until = now + lease
@@ -140,6 +155,24 @@ def claim(
         session.add(job)
     session.flush()
     return _with_context(session, jobs)
+
+
+def heartbeat(session: Session, owner: str, *, now: datetime) -> None:
+    """``owner`` is at work now (claims divide the integrations among the workers at work)."""
+    row = session.get(WorkerSeen, owner)
+    if row is None:
+        session.add(WorkerSeen(owner=owner, seen_at=now))
+    else:
+        row.seen_at = now
+        session.add(row)
+    session.flush()
+
+
+def resign(session: Session, owner: str) -> None:
+    """``owner`` stopped working: it no longer counts among the workers."""
+    row = session.get(WorkerSeen, owner)
+    if row is not None:
+        session.delete(row)
 
 
 def renew(session: Session, owner: str, *, until: datetime) -> int:
