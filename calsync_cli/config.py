@@ -21,7 +21,7 @@ from pathlib import Path
 
 import platformdirs
 
-from calsync_cli.errors import ConfigError
+from calsync_cli.errors import ConfigError, redact_url
 
 APP_NAME = "calsync"
 ENV_PREFIX = "CALSYNC_"
@@ -129,4 +129,30 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "CALSYNC_VISIT_URL must contain {visit_id}",
             hint="For example https://pm.example.com/visits/{visit_id}",
         )
+    db_url = values["db_url"]
+    if isinstance(db_url, str):
+        check_db_url(db_url)
     return Settings(config_path=path, **values)  # type: ignore[arg-type]
+
+
+_DB_URL_HINT = "Use sqlite:///path/to/calsync.db or postgresql+psycopg://user@host/db"
+
+
+def check_db_url(url: str) -> None:
+    """The shape of CALSYNC_DB_URL, checked without importing SQLAlchemy (``status`` reads the
+    database with the bare driver): a scheme, and a port in 1-65535. The store parses it fully;
+    every message hides the URL's password."""
+    from urllib.parse import urlsplit
+
+    shown = repr(redact_url(url))
+    if "://" not in url or any(c in url for c in "\x00\n\r"):
+        raise ConfigError(f"CALSYNC_DB_URL is not a database URL: {shown}", hint=_DB_URL_HINT)
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        raise ConfigError(
+            f"CALSYNC_DB_URL has a port that is not a number in 1-65535: {shown}",
+            hint=_DB_URL_HINT,
+        ) from None
+    if port == 0:
+        raise ConfigError(f"CALSYNC_DB_URL has port 0: {shown}", hint=_DB_URL_HINT)

@@ -135,6 +135,13 @@ def _parse_day(value: str | None, option: str, *, end: bool) -> datetime | None:
     return parsed
 
 
+def _span(start: str, end: str) -> str:
+    """``2026-12-01 09:00-09:30``; a visit that ends on another day shows both dates:
+    ``2026-12-01 23:00-2026-12-02 01:00``."""
+    tail = end[11:16] if end[:10] == start[:10] else f"{end[:10]} {end[11:16]}"
+    return f"{start[:10]} {start[11:16]}-{tail}"
+
+
 @visits.command("list")
 def visits_list(
     provider: Annotated[
@@ -178,7 +185,7 @@ def visits_list(
             [
                 [
                     r["id"],
-                    f"{r['start'][:10]} {r['start'][11:16]}-{r['end'][11:16]}",
+                    _span(r["start"], r["end"]),
                     r["practice_id"],
                     r["provider_id"],
                     r["patient_name"],
