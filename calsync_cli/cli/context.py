@@ -20,9 +20,13 @@ def settings() -> Settings:
 
 @cache
 def store() -> Store:
+    from calsync_cli.cli import output
     from calsync_cli.store.db import Store
 
-    return Store(settings().db_url)
+    opened = Store(settings().db_url)
+    for notice in opened.notices:  # e.g. permissions tightened: said once, then they are right
+        output.warn(notice)
+    return opened
 
 
 def now() -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -90,8 +91,16 @@ def status(
     """
     from calsync_cli.store import fast_status as quick
 
-    rows = quick.status_rows(context.settings().db_url, integration)
-    if rows is None:
+    url = context.settings().db_url
+    rows = quick.status_rows(url, integration)
+    if rows is not None:  # an existing calsync file: its permissions are checked here too
+        from calsync_cli.store.files import sqlite_file, tighten_permissions
+
+        path = sqlite_file(url)
+        if path is not None and os.access(path, os.W_OK):
+            for notice in tighten_permissions(path):
+                output.warn(notice)
+    else:
         from calsync_cli.services import integrations as core
 
         rows = core.status_rows(context.store(), integration)

@@ -15,7 +15,6 @@ calsync is refused rather than damaged.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from sqlmodel import Session, SQLModel
 
 from calsync_cli.errors import ConfigError, StoreError, redact_url, safe_summary
 from calsync_cli.store import models
+from calsync_cli.store.files import tighten_permissions
 from calsync_cli.store.models import SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 30_000
@@ -117,35 +117,6 @@ def _read_only_url(path: Path) -> sa.URL:
     shm = path.with_name(path.name + "-shm")
     immutable = "&immutable=1" if not shm.exists() else ""
     return sa.make_url(f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro{immutable}&uri=true")
-
-
-#: group and other permission bits: a database of patient names is for its owner only
-_LOOSE = stat.S_IRWXG | stat.S_IRWXO
-
-
-def tighten_permissions(path: Path) -> list[str]:
-    """Make an existing SQLite file (and its ``-wal``/``-shm`` companions) 0600; say what was
-    changed. Raises StoreError with the fix when it cannot."""
-    notices: list[str] = []
-    for item in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            mode = stat.S_IMODE(item.stat().st_mode)
-        except OSError:
-            continue
-        if not mode & _LOOSE:
-            continue
-        try:
-            os.chmod(item, mode & ~_LOOSE & 0o7777 | stat.S_IRUSR | stat.S_IWUSR)
-        except OSError as exc:
-            raise StoreError(
-                f"the database file {item} is readable by other users (mode {mode:04o}) and "
-                f"calsync cannot change that: {exc.strerror}",
-                hint=f"Run: chmod 600 {item}",
-            ) from None
-        notices.append(
-            f"tightened the permissions of {item} from {mode:04o} to 0600 (it holds patient names)"
-        )
-    return notices
 
 
 def _install_sqlite_hooks(engine: Engine, *, read_only: bool = False) -> None:
