@@ -62,8 +62,9 @@ def sync(
         ),
     ] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="Seconds between rounds with --watch.")
-    ] = 10,
+        float | None,
+        typer.Option("--interval", min=0.1, help="Seconds between rounds with --watch (10)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Push queued work to the external calendars: create, update, delete on cancel.
@@ -76,6 +77,11 @@ def sync(
 
     from calsync_cli.engine.worker import Worker
 
+    if interval is not None and not watch:
+        from calsync_cli.errors import InputError
+
+        raise InputError("--interval applies only with --watch", hint="Add --watch, or drop it")
+    interval = 10 if interval is None else interval
     with output.progress_bar("syncing", enabled=not as_json) as bar:
         worker = Worker(
             context.store(), context.settings(),
