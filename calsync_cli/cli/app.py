@@ -34,8 +34,9 @@ Every command takes --json. Exit codes: 0 ok, 1 operational failure, 2 bad usage
 """
 
 
-#: the largest integer calsync accepts anywhere (ids, limits): a signed 64-bit column
-MAX_INT = 2**63 - 1
+#: the largest integer calsync accepts anywhere (ids, limits, ports): PostgreSQL's INTEGER,
+#: the type of every id column (a larger value is an error there, and SQLite overflows at 2**63)
+MAX_INT = 2**31 - 1
 #: the largest number of seconds (every float option is one): about 31 years. More is a typo,
 #: and overflows timers
 MAX_SECONDS = 1e9

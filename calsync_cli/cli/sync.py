@@ -179,7 +179,7 @@ def sweep(
         context.store(),
         context.settings(),
         now=context.now(),
-        lookback=parse_duration(lookback),
+        lookback=_lookback(parse_duration, lookback),
         retry_failed=retry_failed,
     )
     data["tokens"] = asyncio.run(keep_alive(context.store(), context.settings(), now=context.now()))
@@ -205,6 +205,21 @@ def sweep(
     output.render(data, as_json, human)
     if data["tokens"]["reauth_needed"]:
         raise typer.Exit(4)
+
+
+def _lookback(parse: Any, text: str) -> Any:
+    """--lookback, bounded: a century at most (more overflows the date arithmetic)."""
+    from datetime import timedelta
+
+    from calsync_cli.errors import InputError
+
+    try:
+        delta = parse(text)
+    except OverflowError:
+        delta = None
+    if delta is None or delta > timedelta(days=36_600):
+        raise InputError(f"--lookback {text!r} is too long", hint="Use at most 36600d, e.g. 24h")
+    return delta
 
 
 def conflicts(
