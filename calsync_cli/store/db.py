@@ -26,7 +26,7 @@ from sqlmodel import Session, SQLModel
 
 from calsync_cli.errors import ConfigError, StoreError, redact_url, safe_summary
 from calsync_cli.store import models
-from calsync_cli.store.files import tighten_permissions
+from calsync_cli.store.files import refuse_foreign_sqlite, tighten_permissions
 from calsync_cli.store.models import SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 30_000
@@ -164,6 +164,8 @@ def create_db_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             path = _sqlite_path(parsed)
+            if path is not None:
+                refuse_foreign_sqlite(path)
             read_only = path is not None and _read_only_sqlite(path)
             if path is not None and read_only:
                 parsed = _read_only_url(path)

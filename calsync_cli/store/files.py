@@ -7,7 +7,12 @@ import stat
 from pathlib import Path
 from urllib.parse import unquote
 
-from calsync_cli.errors import StoreError
+from calsync_cli.errors import ConfigError, StoreError
+
+#: the first 16 bytes of every SQLite database file (https://www.sqlite.org/fileformat.html)
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: the table only a calsync database has (``models.Meta``)
+META_TABLE = "calsync_meta"
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -19,6 +24,43 @@ def sqlite_file(url: str) -> Path | None:
                 return None
             return Path(rest).expanduser()
     return None
+
+
+def refuse_foreign_sqlite(path: Path) -> None:
+    """Refuse, before anything opens it for writing, a file calsync must not touch: one that is
+    not a SQLite database, or a SQLite database of another application (tables, but not
+    calsync's ``calsync_meta``). An empty or missing file is where calsync creates its own.
+    Opening it normally would already change it (calsync switches the journal to WAL)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError:
+        return  # missing or unreadable: the store says why when it opens it
+    if not head:
+        return
+    fix = "Point CALSYNC_DB_URL at a new file (calsync creates it) or at calsync's own database"
+    if head != SQLITE_HEADER:
+        raise ConfigError(
+            f"CALSYNC_DB_URL points at {path}, which is not a SQLite database", hint=fix
+        )
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            names = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return  # damaged, or unreadable read-only: the store words it
+    if names and META_TABLE not in names:
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(
+            f"{path} already holds tables that calsync did not create ({shown})", hint=fix
+        )
 
 
 #: group and other permission bits: a database of patient names is for its owner only
