@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from calsync_cli.cli.app import app
-from calsync_cli.errors import redact_url, safe_summary
 from tests.conftest import PRACTICES, PROVIDERS, visit, write_jsonl
 
 runner = CliRunner()
@@ -149,6 +148,8 @@ def test_safe_summary_never_copies_library_text() -> None:
     import configparser
     import sqlite3
 
+    from calsync_cli.errors import safe_summary
+
     parse = configparser.ParsingError("keyring_pass.cfg")
     parse.append(3, f"{TOKEN} garbage")
     assert TOKEN in str(parse)  # the library quotes the line...
@@ -172,6 +173,8 @@ def test_safe_summary_never_copies_library_text() -> None:
     ],
 )
 def test_redact_url(text: str, shown: str | None) -> None:
+    from calsync_cli.errors import redact_url
+
     out = redact_url(text)
     assert "pw" not in out and "p@ss" not in out
     if shown is not None:
