@@ -57,7 +57,7 @@ complete -c calsync -n '__fish_seen_subcommand_from sweep' -l lookback -d 'How f
 complete -c calsync -n '__fish_seen_subcommand_from sweep' -l retry-failed -d 'Also queue again every visit whose job failed for good, however long ago (after fixing the cause; see \'calsync status INTEGRATION\')'
 complete -c calsync -n '__fish_seen_subcommand_from sweep' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from sync' -l watch -d 'Keep running until SIGINT/SIGTERM; finish calls in flight, then exit 0'
-complete -c calsync -n '__fish_seen_subcommand_from sync' -l interval -d 'Seconds between rounds with --watch'
+complete -c calsync -n '__fish_seen_subcommand_from sync' -l interval -d 'Seconds between rounds with --watch (10)'
 complete -c calsync -n '__fish_seen_subcommand_from sync' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from toggle' -l pause -d 'Pause or resume explicitly (default: flip)'
 complete -c calsync -n '__fish_seen_subcommand_from toggle' -l resume -d 'Pause or resume explicitly (default: flip)'
