@@ -8,8 +8,6 @@ from calsync_cli.errors import InputError
 
 App = Literal["google", "outlook"]
 APPS: tuple[App, ...] = ("google", "outlook")
-#: what each app is called in messages
-DISPLAY_NAMES: dict[App, str] = {"google": "Google Calendar", "outlook": "Microsoft Outlook"}
 
 
 def app_name(text: str) -> App:

@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -68,6 +69,17 @@ class Settings:
 
 
 _SETTING_NAMES = tuple(f.name for f in fields(Settings) if f.name != "config_path")
+
+
+def google_batch_url_for(api_url: str) -> str:
+    """The batch endpoint beside a Calendar API URL: ``.../calendar/v3`` ->
+    ``.../batch/calendar/v3`` (Google's own layout); otherwise the API URL's origin +
+    ``/batch/calendar/v3``."""
+    base = api_url.rstrip("/")
+    if base.endswith("/calendar/v3"):
+        return base[: -len("/calendar/v3")] + "/batch/calendar/v3"
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}/batch/calendar/v3"
 
 
 def default_db_url() -> str:
@@ -123,6 +135,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if from_env:
             values[name] = from_env
     values.setdefault("db_url", default_db_url())
+    api_url = values.get("google_api_url")
+    if isinstance(api_url, str) and "google_batch_url" not in values:
+        # only the API URL was set: batches go to the same host, never to Google's real one
+        values["google_batch_url"] = google_batch_url_for(api_url)
     visit_url = values.get("visit_url")
     if isinstance(visit_url, str) and "{visit_id}" not in visit_url:
         raise ConfigError(

@@ -1,20 +1,32 @@
-"""The exceptions calsync raises, and the exit code each one means.
+"""Every exception calsync raises on purpose, in one tree.
 
 ::
 
-    CalsyncError                      exit 1  an operational failure
-    ├── InputError                    exit 2  bad input or usage: a file, an id, a time zone
-    │   ├── NotFoundError             exit 2  an unknown practice, provider, visit or integration
-    │   └── ImportValidationError     exit 2  a row of an import file (carries file:line)
-    ├── ConfigError                   exit 2  a bad setting (environment or config file)
-    ├── StoreError                    exit 1  the database could not be opened or upgraded
-    ├── KeyringError                  exit 1  no usable keyring, or it timed out
-    ├── AuthError                     exit 1  the OAuth sign-in failed (denied, timeout, bad state)
-    └── ReauthRequired                exit 4  the integration must be connected again
+    CalsyncError                  an operational failure the user can act on
+    ├── InputError                bad input or usage: a file, an id, a time zone, an option
+    │   ├── NotFoundError         an unknown practice, provider, visit or integration
+    │   ├── ImportValidationError a row of an import file (carries file:line)
+    │   └── ConfigError           a bad setting (environment or config file)
+    ├── StoreError                the database could not be opened, read or upgraded
+    ├── KeyringError              no usable keyring, or it timed out
+    ├── AuthError                 the OAuth sign-in did not complete (denied, timeout, bad state)
+    └── ProviderError             a call to Google or Microsoft failed (``retryable`` says
+        │                         whether it may succeed later with nobody changing anything)
+        ├── NotFound              the event or calendar does not exist (404)
+        ├── Gone                  deleted already (Google 410); deletes count it as done
+        ├── RateLimited           throttled (429, Google 403 rateLimitExceeded); ``retry_after``
+        ├── Unavailable           5xx, timeouts, dropped connections; ``retry_after``
+        ├── AuthExpired           the access token was refused (401): refresh and repeat once
+        ├── ReauthRequired        the grant is gone (``invalid_grant``): sign in again
+        ├── PermissionDenied      the account may not do this (read-only calendar, missing scope)
+        ├── CalendarUnavailable   the target calendar is gone or no longer writable
+        ├── EventIdTaken          a create's id is held by an event that cannot be restored
+        └── InvalidRequest        the provider rejected the request as malformed (400-class)
 
-Every exception carries a one-line ``message`` and, where there is one, a ``hint``: the command
-or setting that fixes it. The CLI's single error mapper (``calsync_cli.cli.output``) renders
-``message`` and ``hint`` on one line and exits with ``exit_code``.
+Every exception carries a one-line ``message`` (safe to show and store: no tokens, no patient
+data, never a third-party library's text) and, where there is one, a ``hint``: the command or
+setting that fixes it. ``one_line(exc)`` is the single way to turn any exception into that line.
+The exit code is chosen by the CLI alone (``calsync_cli.cli.output``), from the class.
 """
 
 from __future__ import annotations
@@ -23,9 +35,7 @@ import re as _re
 
 
 class CalsyncError(Exception):
-    """Base class: an operational failure the user can act on (exit code 1)."""
-
-    exit_code = 1
+    """Base class: an operational failure the user can act on."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -40,9 +50,7 @@ class CalsyncError(Exception):
 
 
 class InputError(CalsyncError):
-    """Bad input or usage: fix the command line or the file (exit code 2)."""
-
-    exit_code = 2
+    """Bad input or usage: fix the command line or the file."""
 
 
 class NotFoundError(InputError):
@@ -75,10 +83,100 @@ class AuthError(CalsyncError):
     """The OAuth sign-in did not complete (denied, timed out, state mismatch, ...)."""
 
 
-class ReauthRequired(CalsyncError):
-    """The integration's grant is gone; the user must run ``calsync connect`` again (exit 4)."""
+# -- provider errors ------------------------------------------------------------------------------
 
-    exit_code = 4
+
+class ProviderError(CalsyncError):
+    """A provider call failed. ``message`` is one line, safe to show and store (no PHI)."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class NotFound(ProviderError):
+    """The calendar or event does not exist."""
+
+
+class Gone(ProviderError):
+    """The event was deleted already (Google answers 410 for a deleted event)."""
+
+
+class RateLimited(ProviderError):
+    """The provider throttled the call. ``retry_after`` is seconds, when the provider said."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class Unavailable(ProviderError):
+    """A transient failure: 5xx, a timeout, a dropped connection. ``retry_after`` is seconds,
+    when the provider said (a 503 may carry ``Retry-After``)."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class AuthExpired(ProviderError):
+    """The access token was refused; refresh it and repeat the call once."""
+
+    retryable = True
+
+
+class ReauthRequired(ProviderError):
+    """The refresh token is invalid or revoked: only a new sign-in helps."""
+
+
+class PermissionDenied(ProviderError):
+    """The account may not do this (a read-only calendar, a missing scope)."""
+
+
+class CalendarUnavailable(ProviderError):
+    """The integration's calendar is gone (404) or no longer writable (403): only a new calendar
+    choice helps (``calsync calendars select ID CAL_ID``). Not retryable; the engine holds the
+    integration's jobs and puts it in Error with that fix."""
+
+
+class EventIdTaken(ProviderError):
+    """A create's id is held by an event that cannot be brought back (Google answers 409
+    ``duplicate`` to the insert, then 403/404 to restoring it: an event deleted in the Calendar UI
+    or purged). The engine creates the event again under the visit's next generation."""
+
+
+class InvalidRequest(ProviderError):
+    """The provider rejected the request as invalid; repeating it will not help."""
+
+
+#: how long one line may be (they are shown, and stored in jobs and status)
+LINE_LIMIT = 300
+
+
+def one_line(exc: BaseException | str, limit: int = LINE_LIMIT) -> str:
+    """The one line to show or store for ``exc``: our own message with its hint, else only the
+    exception's type (a third-party exception's text may quote tokens or patient data); a
+    string is collapsed to one line. Cut to ``limit`` characters."""
+    if isinstance(exc, CalsyncError):
+        text = exc.one_line()
+    elif isinstance(exc, str):
+        text = exc
+    else:
+        text = f"unexpected {type(exc).__name__}"
+    flat = " ".join(text.split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1].rstrip() + "…"
+    return flat
 
 
 # --------------------------------------------------------------------------- safe error text

@@ -9,7 +9,7 @@ declare -gA _calsync_words=(
   ["calsync demo"]="--keep --json"
   ["calsync direction"]="push pull two-way --json"
   ["calsync disconnect"]="--yes -y --json"
-  ["calsync filters set"]="--patient-name --no-patient-name --patient-name-format --visit-type --no-visit-type --location --no-location --notes --no-notes --practice-name --no-practice-name --practice --provider --all-practices --all-providers --json"
+  ["calsync filters set"]="--patient-name --no-patient-name --patient-name-format --visit-type --no-visit-type --location --no-location --notes --no-notes --practice-name --no-practice-name --private --no-private --reminders --no-reminders --practice --provider --all-practices --all-providers --json"
   ["calsync filters show"]="--json"
   ["calsync filters"]="set show"
   ["calsync practices import"]="--format --json"
@@ -20,12 +20,13 @@ declare -gA _calsync_words=(
   ["calsync sandbox"]="serve"
   ["calsync status"]="--json"
   ["calsync sweep"]="--lookback --retry-failed --json"
-  ["calsync sync"]="--watch --interval --json"
+  ["calsync sync"]="--watch --interval --dry-run --metrics-file --json"
   ["calsync toggle"]="--pause --resume --json"
+  ["calsync verify"]="--repair --from --to --json"
   ["calsync visits import"]="--format --json"
   ["calsync visits list"]="--provider --practice --from --to --limit --json"
   ["calsync visits"]="import list"
-  ["calsync"]="calendars conflicts connect demo direction disconnect filters practices providers sandbox status sweep sync toggle visits -v --verbose --version"
+  ["calsync"]="calendars conflicts connect demo direction disconnect filters practices providers sandbox status sweep sync toggle verify visits -v --verbose --version"
 )
 
 _calsync() {

@@ -21,6 +21,7 @@ from calsync_cli.auth import (
     TokenStore,
     revoke,
 )
+from calsync_cli.cli.output import exit_code_of
 from calsync_cli.errors import KeyringError
 from calsync_cli.providers.base import RateLimited, ReauthRequired, TokenSource, Unavailable
 
@@ -239,7 +240,7 @@ def test_invalid_grant_means_reconnect() -> None:
         asyncio.run(source(GOOGLE, endpoint, clock).access_token())
     assert info.value.message == "reconnect needed"
     assert info.value.hint == "Run: calsync connect google --provider P7"
-    assert info.value.exit_code == 4
+    assert exit_code_of(info.value) == 4  # the CLI maps it to "sign in again"
     assert info.value.retryable is False
     assert info.value.__cause__ is None
     assert TokenStore().get(42) == stored(expires_in=0)  # kept for disconnect to revoke/delete

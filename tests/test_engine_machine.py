@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -496,7 +497,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         summary = self.work(calls=None if dies is None else int(dies))
         if summary is not None:
-            assert summary.exit_code in (0, 1), summary.as_dict()  # 4: only a refused grant
+            assert not summary.needs_reauth, summary.as_dict()  # only a refused grant would
             assert summary.totals()["held"] == 0, summary.as_dict()
 
     # ---------------------------------------------------------------- invariants
@@ -617,6 +618,7 @@ class EngineMachine(RuleBasedStateMachine):
             self.converge_and_check()
 
 
+@pytest.mark.slow
 def test_engine_state_machine(db_url: str, tmp_path: Path) -> None:
     examples = EXAMPLES if db_url.startswith("sqlite") else EXAMPLES_POSTGRES
     with Sandbox(port=0) as sb:

@@ -136,7 +136,7 @@ def test_every_flag_pair_given_both_ways_is_refused(seeded: int) -> None:
 
 def test_other_contradictions(seeded: int) -> None:
     cases = {
-        ("sync", "--interval", "5"): "--interval applies only with --watch",
+        ("sync", "--interval", "5"): "--interval only applies with --watch",
         ("sync", "--interval", "inf", "--watch"): "not a number of seconds",
         ("sync", "--interval", "nan", "--watch"): "--interval",
         ("sync", "--interval", "-inf", "--watch"): "--interval",

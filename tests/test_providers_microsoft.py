@@ -127,10 +127,10 @@ def test_transaction_id_is_a_stable_uuid() -> None:
     assert tid == transaction_id_for(EVENT.key) != transaction_id_for("int-2/visit-9/gen-1")
 
 
-def test_event_body_uses_wall_time_and_iana_zone() -> None:
+def test_event_body_uses_wall_time_and_windows_zone() -> None:
     body = event_body(EVENT)
-    assert body["start"] == {"dateTime": "2026-12-01T09:00:00", "timeZone": "America/Chicago"}
-    assert body["end"] == {"dateTime": "2026-12-01T09:30:00", "timeZone": "America/Chicago"}
+    assert body["start"] == {"dateTime": "2026-12-01T09:00:00", "timeZone": "Central Standard Time"}
+    assert body["end"] == {"dateTime": "2026-12-01T09:30:00", "timeZone": "Central Standard Time"}
     assert body["body"] == {"contentType": "text", "content": EVENT.description}
     assert body["location"] == {"displayName": ""}
     assert body["singleValueExtendedProperties"] == [{"id": TAG_PROPERTY_ID, "value": EVENT.tag}]
@@ -202,7 +202,7 @@ def test_list_busy() -> None:
     end = start + timedelta(days=1)
 
     def handler(request: httpx2.Request) -> httpx2.Response:
-        assert request.headers["Prefer"] == 'outlook.timezone="UTC"'
+        assert request.headers["Prefer"] == 'IdType="ImmutableId", outlook.timezone="UTC"'
         assert request.url.path == "/v1.0/me/calendars/C/calendarView"
         if "skiptoken" in str(request.url):
             return httpx2.Response(

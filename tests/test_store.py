@@ -281,6 +281,8 @@ def test_new_integration_defaults(store: Store, tmp_path: Path) -> None:
         "location": True,
         "notes": False,
         "practice_name": True,
+        "private": True,
+        "reminders": None,
         "practices": [],
         "providers": ["dr-lee"],
     }
@@ -364,7 +366,14 @@ def test_status_fast_path_gives_way_when_the_database_is_unreachable() -> None:
 
 
 V3_COLUMNS = {
-    "integration": ("needs_reauth", "error_source", "f_private", "f_reminders", "filter_version"),
+    "integration": (
+        "needs_reauth",
+        "needs_calendar",
+        "error_source",
+        "f_private",
+        "f_reminders",
+        "filter_version",
+    ),
     "event_link": ("visit_hash", "filter_version"),
 }
 

@@ -88,7 +88,11 @@ def demo(
         result = run_demo(keep=keep, hooks=hooks)
     if keep:
         output.say(f"Kept the demo's directory: {result.directory}")
-    output.render(result.as_dict(), as_json, lambda: _show(result))
+    from calsync_cli.cli.sync import exit_code_of_run
+
+    data = result.as_dict()
+    data["sync"]["exit_code"] = exit_code_of_run(result.sync)
+    output.render(data, as_json, lambda: _show(result))
 
 
 @sandbox.command("serve")

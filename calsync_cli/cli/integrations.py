@@ -89,27 +89,21 @@ def status(
     failed; calsync keeps retrying; see the detail) or Disconnected. Given one INTEGRATION, it
     also lists its latest jobs that failed for good: visit id, start, and the error.
     """
-    from calsync_cli.store import fast_status as quick
+    from calsync_cli.services import status as core
 
     url = context.settings().db_url
-    rows = quick.status_rows(url, integration)
-    if rows is not None:  # an existing calsync file: its permissions are checked here too
-        from calsync_cli.store.files import sqlite_file, tighten_permissions
+    rows = core.status_rows(url, context.store, integration)
+    # the fast read does not open the store, which makes a loose calsync file private: here too
+    from calsync_cli.store.files import sqlite_file, tighten_permissions
 
-        path = sqlite_file(url)
-        if path is not None and os.access(path, os.W_OK):
-            for notice in tighten_permissions(path):
-                output.warn(notice)
-    else:
-        from calsync_cli.services import integrations as core
-
-        rows = core.status_rows(context.store(), integration)
+    path = sqlite_file(url)
+    if path is not None and os.access(path, os.W_OK):
+        for notice in tighten_permissions(path):
+            output.warn(notice)
 
     def human() -> None:
         if not rows:
-            from calsync_cli.services import integrations as core
-
-            counts = core.store_counts(context.store())
+            counts = core.store_counts(context.store)
             have = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
             output.say(GETTING_STARTED.format(counts=f" ({have} stored)" if have else ""))
             return
@@ -133,6 +127,11 @@ def _show_filters(data: dict[str, Any]) -> None:
             ["location", on(data["location"])],
             ["notes (visit reason)", on(data["notes"])],
             ["practice name", on(data["practice_name"])],
+            ["private", on(data["private"])],
+            [
+                "reminders",
+                "app default" if data["reminders"] is None else on(data["reminders"]),
+            ],
             ["practices", ", ".join(data["practices"]) or "all"],
             ["providers", ", ".join(data["providers"]) or "all"],
         ],
@@ -179,6 +178,20 @@ def filters_set(
         bool | None,
         typer.Option("--practice-name/--no-practice-name", help="Practice name (default on)."),
     ] = None,
+    private: Annotated[
+        bool | None,
+        typer.Option(
+            "--private/--no-private",
+            help="Mark events private, so people the calendar is shared with see only busy (default on).",
+        ),
+    ] = None,
+    reminders: Annotated[
+        bool | None,
+        typer.Option(
+            "--reminders/--no-reminders",
+            help="Reminders on synced events (default: Outlook off, Google the calendar's default reminders).",
+        ),
+    ] = None,
     practice: Annotated[
         list[str] | None,
         typer.Option(
@@ -224,6 +237,8 @@ def filters_set(
         location=location,
         notes=notes,
         practice_name=practice_name,
+        private=private,
+        reminders=reminders,
         practices=[] if all_practices else (practice or None),
         providers=[] if all_providers else (provider or None),
     )

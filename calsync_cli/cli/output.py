@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-EXIT_FAILURE = 1
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REAUTH = 0, 1, 2, 4
 
 
 class State:
@@ -166,7 +166,7 @@ def usage_error(exc: Exception, command_path: str | None) -> int:
     message = message.strip().rstrip(".")
     hint = f"Run '{command_path} -h' for help" if command_path else "Run 'calsync -h' for help"
     error_line(f"{message}. {hint}")
-    return 2
+    return EXIT_USAGE
 
 
 @contextmanager
@@ -195,17 +195,26 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[str, int, int]
         yield update
 
 
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code an exception means (README "Exit codes"): chosen here, and only here."""
+    from calsync_cli.errors import InputError, ReauthRequired
+
+    if isinstance(exc, ReauthRequired):
+        return EXIT_REAUTH
+    return EXIT_USAGE if isinstance(exc, InputError) else EXIT_FAILURE
+
+
 def handle_exception(exc: BaseException) -> int:
     """Map an exception to one stderr line and an exit code."""
-    from calsync_cli.errors import CalsyncError
+    from calsync_cli.errors import CalsyncError, one_line
 
     if isinstance(exc, CalsyncError):
-        error_line(exc.one_line())
+        error_line(one_line(exc, limit=2000))
         if state.verbose:
             import traceback
 
             traceback.print_exception(exc)
-        return exc.exit_code
+        return exit_code_of(exc)
     if isinstance(exc, KeyboardInterrupt):
         error_line("interrupted")
         return 130

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from calsync_cli.cli import context, output
 from calsync_cli.cli.options import JsonOpt
+from calsync_cli.errors import InputError
 
 PROGRESS_JOBS = 200
 
@@ -53,6 +55,32 @@ def _render_summary(data: dict[str, Any]) -> None:
         output.say(line if not p["error"] else f"integration {p['integration']}: {p['error']}")
 
 
+def exit_code_of_run(report: Any) -> int:
+    """4 when an integration needs signing in again, else 1 when a job failed for good in this
+    run or this host could not work (an unusable keyring or database), else 0 (work
+    rescheduled for a retry is not a failure)."""
+    if report.needs_reauth:
+        return output.EXIT_REAUTH
+    failed = report.failed or getattr(report, "blocked", False)
+    return output.EXIT_FAILURE if failed else output.EXIT_OK
+
+
+def _render_plan(data: dict[str, Any]) -> None:
+    if not data["integrations"]:
+        output.say("Nothing due: a sync now would send nothing.")
+        return
+    actions = ("create", "update", "move", "delete", "recover", "skip")
+    output.table(
+        "Planned (dry run: nothing sent, nothing changed)",
+        ["integration", "app", "create", "update", "move", "delete", "recover", "unchanged"],
+        [[i["id"], i["app"], *(i["counts"][a] for a in actions)] for i in data["integrations"]],
+    )
+    if output.state.verbose:
+        for i in data["integrations"]:
+            for action, visits in i["visits"].items():
+                output.say(f"integration {i['id']} {action}: {', '.join(visits)}")
+
+
 def sync(
     watch: Annotated[
         bool,
@@ -65,82 +93,107 @@ def sync(
         float | None,
         typer.Option("--interval", min=0.1, help="Seconds between rounds with --watch (10)."),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what a sync would do per integration (creates, updates, moves, deletes;"
+            " visit ids with -v or --json) without sending, claiming or changing anything.",
+        ),
+    ] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="With --watch: after each round write counters in the Prometheus text format"
+            " to this file (atomically), for node_exporter's textfile collector.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Push queued work to the external calendars: create, update, delete on cancel.
 
-    Without --watch it processes what is due and exits: 4 when an integration needs signing in
-    again, else 1 when a job failed for good in this run, else 0 (work rescheduled for a retry
-    is not a failure). Run it from cron every minute, or keep one running with --watch.
+    Without --watch it processes what is due, reads the busy time of pull and two-way
+    integrations, and exits: 4 when an integration needs signing in again, else 1 when a job
+    failed for good in this run, else 0 (work rescheduled for a retry is not a failure). Run it
+    from cron every minute, or keep one running with --watch (one log line per round).
     """
     import asyncio
 
+    if interval is not None and not watch:
+        raise InputError("--interval only applies with --watch", hint="Add --watch, or drop it")
+    if metrics_file is not None and not watch:
+        raise InputError("--metrics-file only applies with --watch", hint="Add --watch")
+    if dry_run and watch:
+        raise InputError("--dry-run and --watch do not go together", hint="Use one of them")
+    if dry_run:
+        from calsync_cli.engine.run import dry_run as plan_due
+
+        planned = plan_due(context.store(), context.settings(), now=context.now()).as_dict()
+        output.render(planned, as_json, lambda: _render_plan(planned))
+        return
+
+    from calsync_cli.engine.run import run_sync
     from calsync_cli.engine.worker import Worker
 
-    if interval is not None and not watch:
-        from calsync_cli.errors import InputError
-
-        raise InputError("--interval applies only with --watch", hint="Add --watch, or drop it")
-    interval = 10 if interval is None else interval
-    with output.progress_bar("syncing", enabled=not as_json) as bar:
+    with output.progress_bar("syncing", enabled=not as_json and not watch) as bar:
         worker = Worker(
             context.store(), context.settings(),
             on_progress=lambda done, total: bar("pushing", done, total) if total > PROGRESS_JOBS else None,
         )  # fmt: skip
-        if not watch:
-            summary = asyncio.run(worker.run_once())
+        if watch:
+            report = asyncio.run(_watch(worker, 10 if interval is None else interval, metrics_file))
         else:
-            summary = asyncio.run(_watch(worker, interval))
-    pulled = [] if watch else asyncio.run(_pull())
-    data = summary.as_dict()
-    data["pull"] = [p.as_dict() for p in pulled]
-    if any(p.needs_reauth for p in pulled):
-        data["exit_code"] = 4
+            report = asyncio.run(
+                run_sync(context.store(), context.settings(), now=context.now, worker=worker)
+            )
+    data = report.as_dict()
+    data["exit_code"] = exit_code_of_run(report)
     output.render(data, as_json, lambda: _render_summary(data))
     code = 0 if watch else data["exit_code"]
     if code:
         raise typer.Exit(code)
 
 
-async def _pull() -> list[Any]:
-    """The pull half of a sync: read busy time of unpaused pull and two-way integrations."""
-    from calsync_cli.engine.conflicts import pull
-
-    results = await pull(context.store(), context.settings(), now=context.now())
-    return [r for r in results if not _paused(r.integration)]
-
-
-def _paused(integration_id: int) -> bool:
-    from calsync_cli.services.integrations import get
-
-    with context.store().read() as session:
-        return bool(get(session, integration_id).paused)
-
-
-async def _watch(worker: Any, interval: float) -> Any:
+async def _watch(worker: Any, interval: float, metrics_file: Path | None) -> Any:
     import asyncio
     import signal
 
+    from calsync_cli.engine.metrics import Metrics
+    from calsync_cli.engine.run import SyncReport, run_sync
     from calsync_cli.engine.worker import RunSummary
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        worker.stop_requested = True  # no new claim round; the calls in flight finish
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop)
     total = RunSummary()
+    metrics = Metrics()
     output.say(f"Watching for sync work every {interval:g} s; Ctrl-C to stop.")
     try:
         while not stop.is_set():
-            round_summary = await worker.run_once()
-            for item in round_summary.integrations.values():
-                total.merge(item)
+            report = await run_sync(
+                context.store(), context.settings(), now=context.now, worker=worker,
+                pull_too=False,
+            )  # fmt: skip
+            total.extend(report.push)
+            metrics.add(report.push, at=context.now())
+            if report.push.integrations:
+                output.say(metrics.round_line(report.push, at=context.now()))
+            if metrics_file is not None:
+                metrics.write(metrics_file)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     output.say("Stopped.")
-    return total
+    return SyncReport(total)
 
 
 def sweep(
@@ -171,18 +224,14 @@ def sweep(
     """
     import asyncio
 
-    from calsync_cli.engine.keepalive import keep_alive
-    from calsync_cli.engine.sweep import parse_duration
-    from calsync_cli.engine.sweep import sweep as run_sweep
+    from calsync_cli.engine.sweep import parse_duration, sweep_and_keep_alive
 
-    data = run_sweep(
-        context.store(),
-        context.settings(),
-        now=context.now(),
-        lookback=_lookback(parse_duration, lookback),
-        retry_failed=retry_failed,
-    )
-    data["tokens"] = asyncio.run(keep_alive(context.store(), context.settings(), now=context.now()))
+    data = asyncio.run(
+        sweep_and_keep_alive(
+            context.store(), context.settings(), now=context.now(),
+            lookback=_lookback(parse_duration, lookback), retry_failed=retry_failed,
+        )
+    )  # fmt: skip
 
     def human() -> None:
         output.say(
@@ -204,14 +253,14 @@ def sweep(
 
     output.render(data, as_json, human)
     if data["tokens"]["reauth_needed"]:
-        raise typer.Exit(4)
+        raise typer.Exit(output.EXIT_REAUTH)
+    if data["tokens"]["unusable"]:  # the keyring or database of this host is the problem
+        raise typer.Exit(output.EXIT_FAILURE)
 
 
 def _lookback(parse: Any, text: str) -> Any:
     """--lookback, bounded: a century at most (more overflows the date arithmetic)."""
     from datetime import timedelta
-
-    from calsync_cli.errors import InputError
 
     try:
         delta = parse(text)
@@ -279,7 +328,88 @@ def conflicts(
         raise typer.Exit(1)
 
 
+def _render_verify(data: dict[str, Any]) -> None:
+    if not data["integrations"]:
+        output.say("No pushing integration to verify.")
+        return
+    output.table(
+        "Calendars against the store",
+        ["integration", "app", "events", "missing", "stale", "duplicate", "orphaned", "unknown"],
+        [[i["integration"], i["app"], i["events"],
+          *(i["counts"][k] for k in ("missing", "stale", "duplicate", "orphaned", "unknown"))]
+         for i in data["integrations"]],
+    )  # fmt: skip
+    for i in data["integrations"]:
+        for d in i["drift"]:
+            if d["kind"] != "unknown" and (output.state.verbose or len(i["drift"]) <= 20):
+                what = f" ({', '.join(d['fields'])})" if d["fields"] else ""
+                output.say(
+                    f"integration {i['integration']}: {d['kind']} visit {d['visit_id']}{what}"
+                )
+        if i["repaired"]:
+            r = i["repaired"]
+            output.say(
+                f"integration {i['integration']}: deleted {r['deleted']} duplicate events, queued"
+                f" {r['queued']} fixes; run 'calsync sync' to apply them"
+            )
+    if data["drift"] and not data["repaired"]:
+        output.say("Drift found. Queue the fixes with: calsync verify --repair")
+
+
+def verify(
+    integration: Annotated[
+        int | None,
+        typer.Argument(metavar="INTEGRATION", min=1, help="Only this integration (default: all)."),
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Queue the fixes: duplicates are deleted down to one now, the rest goes through"
+            " the queue for the next 'calsync sync'.",
+        ),
+    ] = False,
+    start: Annotated[
+        str | None, typer.Option("--from", help="Start of the window (default: now).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="End of the window (default: 90 days ahead).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare each calendar's calsync events with what the store says should be there.
+
+    Reads the events that carry calsync's tag (upcoming by default) and reports visits that
+    are missing, stale (edited outside calsync, or a lost update), duplicated, orphaned (the
+    visit was cancelled, reassigned or filtered out) or unknown (tagged, but not ours to judge:
+    left alone). Exits 0 when clean and 1 when drift was found, like diff; with --repair it
+    queues the fixes and exits 0.
+    """
+    import asyncio
+
+    from calsync_cli.engine.verify import parse_instant
+    from calsync_cli.engine.verify import verify as run_verify
+
+    results = asyncio.run(
+        run_verify(
+            context.store(), context.settings(), now=context.now(), integration_id=integration,
+            start=parse_instant(start, "--from") if start else None,
+            end=parse_instant(end, "--to") if end else None, repair=repair,
+        )
+    )  # fmt: skip
+    drift = not all(r.clean for r in results)
+    data = {
+        "integrations": [r.as_dict() for r in results],
+        "drift": drift,
+        "repaired": repair,
+    }
+    output.render(data, as_json, lambda: _render_verify(data))
+    if drift and not repair:
+        raise typer.Exit(output.EXIT_FAILURE)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
     app.command("sync")(sync)
     app.command("sweep")(sweep)
     app.command("conflicts")(conflicts)

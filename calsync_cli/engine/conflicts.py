@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import col, select
-
 from calsync_cli.config import Settings
+from calsync_cli.engine.plan import wanted
 from calsync_cli.errors import InputError
 from calsync_cli.providers.base import BusyBlock, ProviderError, ReauthRequired
-from calsync_cli.store import jobs, states
+from calsync_cli.store import integrations as store_integrations
+from calsync_cli.store import states
 from calsync_cli.store.db import Store
 from calsync_cli.store.integrations import get
 from calsync_cli.store.models import DISCONNECTED, Integration, Visit
+from calsync_cli.store.visits import visits_between
 
 HORIZON = timedelta(days=14)
 OWN_TAG_PREFIX = "calsync-"
@@ -71,7 +72,11 @@ def overlaps(visits: list[Visit], busy: list[BusyBlock], integration_id: int) ->
     return found
 
 
-def pulling(session: Any, integration_id: int | None) -> list[Integration]:
+def pulling(
+    session: Any, integration_id: int | None, *, include_paused: bool = True
+) -> list[Integration]:
+    """The integrations to read: the one asked for (refused with the fix when it does not read
+    its calendar), or every pull and two-way integration with a calendar."""
     if integration_id is not None:
         integ = get(session, integration_id)
         if integ.direction == "push":
@@ -79,18 +84,13 @@ def pulling(session: Any, integration_id: int | None) -> list[Integration]:
                 f"integration {integration_id} only pushes; it does not read its calendar",
                 hint=f"Turn reading on with: calsync direction {integration_id} two-way",
             )
-        if integ.status == "Disconnected" or integ.calendar_id is None:
+        if integ.status == DISCONNECTED or integ.calendar_id is None:
             raise InputError(
                 f"integration {integration_id} has no connected calendar",
                 hint=f"Run: calsync calendars select {integration_id} CAL_ID",
             )
-        return [integ]
-    stmt = select(Integration).where(
-        col(Integration.direction).in_(("pull", "two-way")),
-        Integration.status != "Disconnected",
-        col(Integration.calendar_id).is_not(None),
-    )
-    return list(session.exec(stmt))
+        return [integ] if include_paused or not integ.paused else []
+    return store_integrations.pulling(session, include_paused=include_paused)
 
 
 async def pull(
@@ -102,28 +102,18 @@ async def pull(
     horizon: timedelta = HORIZON,
     open_provider: Callable[..., Any] | None = None,
     record: bool = True,
+    include_paused: bool = True,
 ) -> list[PullResult]:
-    """Read each pulling integration's busy time over [now, now + horizon)."""
+    """Read each pulling integration's busy time over [now, now + horizon). A sync leaves
+    paused integrations out (``include_paused=False``): paused means neither push nor pull."""
     if open_provider is None:
         from calsync_cli.services.clients import open_provider as default_open
 
         open_provider = default_open
     with store.read() as session:
-        integrations = pulling(session, integration_id)
-        work = []
-        for integ in integrations:
-            visits = [
-                v
-                for v in session.exec(
-                    select(Visit).where(
-                        col(Visit.end) > now,
-                        col(Visit.start) < now + horizon,
-                        Visit.status != "cancelled",
-                    )
-                )
-                if jobs.matches(integ, v.practice_id, v.provider_id)
-            ]
-            work.append((integ, visits))
+        integrations = pulling(session, integration_id, include_paused=include_paused)
+        window = visits_between(session, now, now + horizon) if integrations else []
+        work = [(integ, [v for v in window if wanted(v, integ)]) for integ in integrations]
 
     async def one(integ: Integration, visits: list[Visit]) -> PullResult:
         assert integ.id is not None and integ.calendar_id is not None

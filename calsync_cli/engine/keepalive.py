@@ -13,14 +13,13 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import select
-
 from calsync_cli.config import Settings
-from calsync_cli.errors import CalsyncError
+from calsync_cli.errors import CalsyncError, KeyringError, StoreError, one_line
 from calsync_cli.providers.base import ProviderError, ReauthRequired
+from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import states
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import DISCONNECTED, Integration
+from calsync_cli.store.models import Integration
 
 IDLE = timedelta(days=7)
 
@@ -32,18 +31,12 @@ async def keep_alive(
     from calsync_cli.services.clients import token_source
 
     with store.read() as session:
-        integrations = list(
-            session.exec(
-                select(Integration).where(
-                    Integration.status != DISCONNECTED,
-                    Integration.needs_reauth == False,  # noqa: E712
-                )
-            )
-        )
+        integrations = store_integrations.signed_in(session)
     tokens_store = TokenStore()
     refreshed: list[int] = []
     reauth: list[int] = []
     errors: dict[int, str] = {}
+    unusable: list[int] = []  # this host could not read or store the tokens (keyring, database)
 
     async def one(integ: Integration) -> None:
         assert integ.id is not None
@@ -55,8 +48,11 @@ async def keep_alive(
             refreshed.append(integ.id)
         except ReauthRequired:
             reauth.append(integ.id)
+        except (KeyringError, StoreError) as exc:
+            unusable.append(integ.id)
+            errors[integ.id] = one_line(exc)
         except (ProviderError, CalsyncError) as exc:
-            errors[integ.id] = exc.message
+            errors[integ.id] = one_line(exc)
 
     await asyncio.gather(*(one(i) for i in integrations))
     if reauth:
@@ -65,4 +61,9 @@ async def keep_alive(
                 integ = session.get(Integration, iid)
                 if integ is not None:
                     states.mark_reauth(session, integ, now=now)
-    return {"refreshed": sorted(refreshed), "reauth_needed": sorted(reauth), "errors": errors}
+    return {
+        "refreshed": sorted(refreshed),
+        "reauth_needed": sorted(reauth),
+        "unusable": sorted(unusable),
+        "errors": errors,
+    }

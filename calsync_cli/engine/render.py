@@ -3,6 +3,8 @@
 Title ``[Practice Name] - Patient Name - Visit Type``, each part only with its filter on
 (``Visit`` when none is). A filter that is off removes its part everywhere: title, description
 and location. The notes filter (off by default) adds the visit reason to the description.
+The private filter (on by default) marks the event private; the reminders filter (None: the app's
+default) decides its reminders. Both are in the content hash, so changing them re-renders.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def render(
         end=visit.end.astimezone(zone),
         timezone=practice.timezone,
         tag=event_tag(integ.id, visit.id),
+        private=integ.f_private,
+        reminders=integ.f_reminders,
     )
     blob = json.dumps(
         [
@@ -103,6 +107,8 @@ def render(
             event.end.isoformat(),
             event.timezone,
             integ.calendar_id,
+            event.private,
+            event.reminders,
         ]
     )
     return Rendered(

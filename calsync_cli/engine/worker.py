@@ -1,27 +1,30 @@
-"""The sync worker: claim due jobs, push them, record the outcome.
+"""The sync worker: claim due jobs, plan, write ahead, apply through the provider, record.
 
-For each claimed job the worker decides from the visit as it is now (jobs carry no content):
+Per integration and claim round::
 
-* the visit belongs on the integration's calendar (not cancelled, filters match): create its
-  event, or update it when the rendered content changed (no API call when it did not), or move
-  it when the integration's calendar changed (delete there, create here); an event deleted
-  outside calsync is created again;
-* it does not (cancelled, reassigned, filtered out): delete its event; an event already gone
-  counts as deleted.
+    steps = plan(integration, claimed, provider)      # engine.plan: pure, one Step per job
+    links.forget_hashes / links.mark_pending          # write ahead (store.links)
+    apply(steps)                                      # provider calls, batched
+    _complete: links.record + queue.finish|...        # record the outcomes, move the state
 
-Crash safety: before any call the worker writes ahead what it is about to do, so a worker that
-dies after its calls but before recording them leaves a link that cannot mislead the next one. A
-live link loses its content hash (the next run updates instead of skipping an unchanged visit:
-the event may show a newer edit, or be deleted already); a create leaves ``PENDING_CREATE`` on
-the link with the calendar it targets, and so does a move once its old event is deleted. The
-next run repeats a pending create on the same key (the same event; on Graph, whose
-transactionId answers the existing event unchanged, it then updates it), or, when the visit no
-longer belongs there or the integration has moved to another calendar since, creates and
-deletes it on that key, so nothing the dead worker made stays behind.
+Crash safety: a worker that dies after its calls but before recording them leaves a link that
+cannot mislead the next one (see ``store.links``): a live link has lost its content hash, so the
+next run updates rather than skips; a create leaves a pending create on the calendar it targets,
+which the next run repeats on the same key (the same event; a provider whose repeated create
+answers the event as first created, ``repeated_create_returns_original``, then gets an update),
+or, when the visit no longer belongs there or the integration has moved to another calendar
+since, *recovers*: creates on that key and deletes what it answers, so nothing the dead worker
+made stays behind.
+
+Only result-dependent fallbacks are decided here: an update answered NotFound/Gone (deleted
+outside calsync) becomes a create under the next generation, and a create whose id is held by an
+event that cannot be restored (``EventIdTaken``) takes the next generation too.
 
 Failures follow DESIGN.md's schedule: retried 1, 4, 16, 60 and 60 minutes later (up to 10%
-jitter; a longer Retry-After wins), then failed. A refused grant holds the integration's jobs
-(no retry used up) and sets it to Error, "reconnect needed".
+jitter, downwards for the hour-long delays: never more than an hour between attempts; a longer
+Retry-After wins), then failed. A refused grant holds the integration's jobs (no retry used up)
+and flags it "reconnect needed"; a calendar that is gone or read-only holds them until a
+calendar is chosen again (``store.states``).
 """
 
 from __future__ import annotations
@@ -36,55 +39,55 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlmodel import col, select
-
 from calsync_cli.config import Settings
+from calsync_cli.engine.plan import PENDING_CREATE, Step, plan
 from calsync_cli.engine.render import Rendered, render
-from calsync_cli.errors import CalsyncError
+from calsync_cli.errors import KeyringError, StoreError, one_line
 from calsync_cli.providers.base import (
     CalendarProvider,
+    CalendarUnavailable,
+    EventIdTaken,
     Gone,
+    InvalidRequest,
     NotFound,
     Operation,
+    OperationResult,
     ProviderError,
-    RateLimited,
     ReauthRequired,
 )
-from calsync_cli.store import audit, jobs, queue, states
+from calsync_cli.store import links, queue, states
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import JOB_RUNNING, EventLink, Integration, Job
+from calsync_cli.store.links import Pending, Result
+from calsync_cli.store.models import Integration
+
+__all__ = ["PENDING_CREATE", "IntegrationSummary", "RunSummary", "Worker", "retry_at"]
 
 RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=4), timedelta(minutes=16),
                 timedelta(hours=1), timedelta(hours=1))  # fmt: skip
 MAX_RETRIES = len(RETRY_DELAYS)
 JITTER = 0.10
-
-#: ``EventLink.content_hash`` while a create may have reached the calendar unrecorded
-PENDING_CREATE = "pending-create"
+#: the product page promises "up to 1 hour between attempts"
+MAX_DELAY = timedelta(hours=1)
 
 OpenProvider = Callable[..., AbstractAsyncContextManager[CalendarProvider]]
+Outcomes = dict[int, Result | BaseException]
 
 
 def retry_at(
     attempts: int, now: datetime, *, retry_after: float | None, rng: random.Random
 ) -> datetime:
-    """When to try again after the ``attempts``-th failure (1-based)."""
+    """When to try again after the ``attempts``-th failure (1-based). Jitter spreads the short
+    delays upwards and the hour-long ones downwards, so no wait exceeds an hour; only a longer
+    ``Retry-After`` from the provider can (it asked for it)."""
     delay = RETRY_DELAYS[min(attempts, MAX_RETRIES) - 1]
-    delay = delay * (1 + rng.uniform(0, JITTER))
+    spread = delay * rng.uniform(0, JITTER)
+    delay = delay - spread if delay + spread > MAX_DELAY else delay + spread
     if retry_after is not None and timedelta(seconds=retry_after) > delay:
         delay = timedelta(seconds=retry_after)
     return now + delay
 
 
-@dataclass
-class Outcome:
-    kind: str  # created | updated | deleted | skipped
-    external_id: str | None = None
-    calendar_id: str | None = None
-    content_hash: str | None = None
-    generation: int | None = None
-    fields: tuple[str, ...] = ()
+COUNTERS = ("pushed", "updated", "deleted", "skipped", "rescheduled", "failed", "held")
 
 
 @dataclass
@@ -99,13 +102,20 @@ class IntegrationSummary:
     failed: int = 0
     held: int = 0
     needs_reauth: bool = False
+    #: this host could not work for it (an unusable keyring or database): an operational failure
+    blocked: bool = False
     error: str | None = None
 
     def add(self, other: IntegrationSummary) -> None:
-        for name in ("pushed", "updated", "deleted", "skipped", "rescheduled", "failed", "held"):
+        for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.needs_reauth = self.needs_reauth or other.needs_reauth
+        self.blocked = self.blocked or other.blocked
         self.error = other.error or self.error
+
+    @property
+    def done(self) -> int:
+        return sum(getattr(self, name) for name in COUNTERS)
 
 
 @dataclass
@@ -118,56 +128,53 @@ class RunSummary:
         else:
             self.integrations[summary.id] = summary
 
+    def extend(self, other: RunSummary) -> None:
+        for item in other.integrations.values():
+            self.merge(item)
+
     @property
-    def exit_code(self) -> int:
-        items = self.integrations.values()
-        if any(s.needs_reauth for s in items):
-            return 4
-        return 1 if any(s.failed for s in items) else 0
+    def needs_reauth(self) -> bool:
+        return any(s.needs_reauth for s in self.integrations.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(s.failed for s in self.integrations.values())
+
+    @property
+    def blocked(self) -> bool:
+        return any(s.blocked for s in self.integrations.values())
 
     def totals(self) -> dict[str, int]:
-        keys = ("pushed", "updated", "deleted", "skipped", "rescheduled", "failed", "held")
-        return {k: sum(getattr(s, k) for s in self.integrations.values()) for k in keys}
+        return {k: sum(getattr(s, k) for s in self.integrations.values()) for k in COUNTERS}
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "integrations": [asdict(s) for s in self.integrations.values()],
             "totals": self.totals(),
-            "exit_code": self.exit_code,
         }
 
 
-def _one_line(exc: BaseException) -> str:
-    """A PHI-free line: our own messages (with their hint), else only the exception's type."""
-    if isinstance(exc, CalsyncError):
-        text = exc.one_line()
-    elif isinstance(exc, ProviderError):
-        text = exc.message
-    else:
-        text = f"unexpected {type(exc).__name__}"
-    return " ".join(str(text).split())[:300]
-
-
-def _prefetch(session: Any, integration_id: int, items: Sequence[queue.Claimed]) -> list[Any]:
-    """Load the items' jobs and links in a few queries, so that the per-item ``session.get``
-    calls that follow are answered from the session's identity map instead of one query (and one
-    autoflush) each. The identity map holds its objects weakly: keep the answer while they are
-    used."""
-    loaded: list[Any] = []
-    for first in range(0, len(items), 500):
-        chunk = items[first : first + 500]
-        loaded += session.exec(select(Job).where(col(Job.id).in_([i.job.id for i in chunk])))
-        loaded += session.exec(
-            select(EventLink).where(
-                EventLink.integration_id == integration_id,
-                col(EventLink.visit_id).in_([i.visit.id for i in chunk]),
-            )
-        )
-    return loaded
+def owner_is_dead_here(owner: str) -> bool:
+    """Whether a lease ``owner`` (``host:pid:nonce``) is a process of this host that is gone.
+    Only provable deaths count: another host's owner, or a pid that exists, is alive."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
 
 
 class Worker:
-    """Runs due sync work. ``clock``, ``rng``, ``sleep`` and ``open_provider`` are injectable."""
+    """Runs due sync work. ``clock``, ``rng`` and ``open_provider`` are injectable."""
 
     def __init__(
         self,
@@ -178,6 +185,7 @@ class Worker:
         owner: str | None = None,
         lease: timedelta = timedelta(minutes=5),
         claim_limit: int = 2000,
+        per_integration: int = 250,
         open_provider: OpenProvider | None = None,
         provider_options: dict[str, Any] | None = None,
         rng: random.Random | None = None,
@@ -189,6 +197,7 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self.lease = lease
         self.claim_limit = claim_limit
+        self.per_integration = per_integration
         if open_provider is None:
             from calsync_cli.services.clients import open_provider as default_open
 
@@ -207,34 +216,29 @@ class Worker:
         done = total = 0
         client = self._http_client()
         try:
+            await asyncio.to_thread(self._reclaim_dead)
             for _ in range(max_rounds):
                 if self.stop_requested:
                     break
                 now = self.clock()
                 with self.store.write() as session:
                     claimed = queue.claim(
-                        session, owner=self.owner, now=now, lease=self.lease, limit=self.claim_limit
-                    )
+                        session, owner=self.owner, now=now, lease=self.lease,
+                        limit=self.claim_limit, per_integration=self.per_integration,
+                    )  # fmt: skip
                 if not claimed:
                     break
                 total += sum(len(items) for _, items in claimed.values())
-                results = await asyncio.gather(
-                    *(self._integration(integ, items, client) for integ, items in claimed.values())
-                )
+                renewing = asyncio.create_task(self._renew_leases())
+                try:
+                    results = await asyncio.gather(
+                        *(self._integration(i, items, client) for i, items in claimed.values())
+                    )
+                finally:
+                    renewing.cancel()
                 for result in results:
                     summary.merge(result)
-                    done += sum(
-                        getattr(result, k)
-                        for k in (
-                            "pushed",
-                            "updated",
-                            "deleted",
-                            "skipped",
-                            "rescheduled",
-                            "failed",
-                            "held",
-                        )
-                    )
+                    done += result.done
                     if self.on_progress:
                         self.on_progress(done, total)
         finally:
@@ -243,6 +247,26 @@ class Worker:
             with self.store.write() as session:
                 queue.release(session, self.owner, now=self.clock())
         return summary
+
+    async def _renew_leases(self) -> None:
+        """While a round is in flight, extend its leases every third of a lease, so a long batch
+        is never taken over by another worker while it is still being pushed."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+
+            def renew() -> None:
+                with self.store.write() as session:
+                    queue.renew(session, self.owner, until=self.clock() + self.lease)
+
+            await asyncio.to_thread(renew)
+
+    def _reclaim_dead(self) -> None:
+        """Leases held by a process of this host that no longer exists (killed, crashed) are
+        ended now: the queue does not sit idle until they expire."""
+        now = self.clock()
+        with self.store.write() as session:
+            dead = [o for o in queue.lease_owners(session, now=now) if owner_is_dead_here(o)]
+            queue.expire_leases(session, dead, now=now)
 
     def _http_client(self) -> Any:
         if "client" in self.provider_options:
@@ -257,7 +281,7 @@ class Worker:
         self, integ: Integration, items: Sequence[queue.Claimed], client: Any
     ) -> IntegrationSummary:
         assert integ.id is not None and integ.calendar_id is not None
-        outcomes: dict[int, Outcome | BaseException] = {}
+        outcomes: Outcomes = {}
         try:
             options = dict(self.provider_options)
             if client is not None:
@@ -265,356 +289,96 @@ class Worker:
             async with self.open_provider(
                 self.settings, integ.app, integ.id, integ.provider_id, **options
             ) as provider:
-                await self._push(provider, integ, items, outcomes)
-        except ReauthRequired as exc:
-            for item in items:
-                outcomes.setdefault(item.job.id, exc)  # type: ignore[arg-type]
+                steps = plan(integ, items, type(provider), visit_link=self.settings.visit_link)
+                await Applier(self, provider, integ, items).run(steps, outcomes)
         except Exception as exc:  # noqa: BLE001 - the whole integration failed this round
             for item in items:
-                outcomes.setdefault(item.job.id, exc)  # type: ignore[arg-type]
+                outcomes.setdefault(item.job_id, exc)
         # The store work runs in a thread: the event loop keeps the other integrations' calls
         # moving meanwhile (a blocking completion of 200 jobs stalled every batch in flight).
         return await asyncio.to_thread(self._complete, integ, items, outcomes)
 
-    def _generation(self, integ: Integration, link: EventLink | None, bump: bool = False) -> int:
-        # Google keeps a deleted event's id (a re-create restores it), so its key never changes;
-        # Graph's transactionId must be fresh after a delete.
-        if integ.app == "google":
-            return 0
-        base = link.generation if link else 0
-        return base + 1 if bump else base
+    # ----------------------------------------------------------------- write-ahead
 
-    def _render(self, integ: Integration, item: queue.Claimed, *, bump: bool = False) -> Rendered:
-        """The event ``item``'s visit should be on ``integ``'s calendar; ``bump`` takes the next
-        generation (a create after a delete)."""
-        return render(
-            item.visit, item.practice, integ,
-            generation=self._generation(integ, item.link, bump=bump),
-            visit_link=self.settings.visit_link(item.visit.id),
-        )  # fmt: skip
-
-    async def _push(
-        self,
-        provider: CalendarProvider,
-        integ: Integration,
-        items: Sequence[queue.Claimed],
-        outcomes: dict[int, Outcome | BaseException],
-    ) -> None:
-        calendar = integ.calendar_id
-        assert calendar is not None
-        creates: list[tuple[queue.Claimed, Rendered]] = []
-        updates: list[tuple[queue.Claimed, Rendered]] = []
-        deletes: list[tuple[queue.Claimed, str, str]] = []  # item, calendar, event id
-        moves: list[tuple[queue.Claimed, Rendered]] = []
-        recover: list[queue.Claimed] = []  # a dead worker's create may have landed: remove it
-        # ... on a calendar the integration has left since: remove it there, then create here
-        stranded: list[queue.Claimed] = []
-        repeats: set[int] = set()  # job ids whose create repeats one that may have landed
-        for item in items:
-            job_id, visit, link = item.job.id, item.visit, item.link
-            assert job_id is not None
-            belongs = visit.status != "cancelled" and jobs.matches(
-                integ, visit.practice_id, visit.provider_id
-            )
-            live = link is not None and link.external_id is not None
-            pending = link is not None and not live and link.content_hash == PENDING_CREATE
-            if belongs:
-                rendered = self._render(integ, item)
-                if pending and link is not None and link.calendar_id not in (None, calendar):
-                    stranded.append(item)
-                elif not live:
-                    creates.append((item, rendered))
-                    if pending:
-                        repeats.add(job_id)
-                elif link is not None and link.calendar_id != calendar:
-                    moves.append((item, rendered))
-                elif link is not None and link.content_hash == rendered.content_hash:
-                    outcomes[job_id] = Outcome("skipped")
-                else:
-                    updates.append((item, rendered))
-            elif live and link is not None and link.external_id is not None:
-                deletes.append((item, link.calendar_id or calendar, link.external_id))
-            elif pending:
-                recover.append(item)
-            else:
-                outcomes[job_id] = Outcome("skipped")
-
-        await asyncio.to_thread(
-            self._write_ahead,
-            integ,
-            [c[0] for c in creates],
-            [u[0] for u in updates] + [m[0] for m in moves] + [d[0] for d in deletes],
-        )
-        await self._recover(provider, integ, [*recover, *stranded], outcomes)
-        relocated: list[queue.Claimed] = []  # gone from the old calendar, to create here
-        for item in stranded:
-            if isinstance(outcomes.get(item.job.id), Outcome):  # type: ignore[arg-type]
-                del outcomes[item.job.id]  # type: ignore[arg-type]
-                creates.append((item, self._render(integ, item, bump=True)))
-                relocated.append(item)
-
-        # Moves: delete on the old calendar first, then create on the new one.
-        for old_calendar in {lk.calendar_id for lk in (m[0].link for m in moves) if lk}:
-            batch = [m for m in moves if m[0].link and m[0].link.calendar_id == old_calendar]
-            results = await provider.batch(
-                old_calendar or calendar,
-                [Operation("delete", event_id=m[0].link.external_id) for m in batch if m[0].link],
-            )
-            for (item, _rendered), result in zip(batch, results, strict=True):
-                if result.error is not None and not isinstance(result.error, NotFound | Gone):
-                    outcomes[item.job.id] = result.error  # type: ignore[index]
-                else:
-                    creates.append((item, self._render(integ, item, bump=True)))
-                    relocated.append(item)
-        if relocated:
-            await asyncio.to_thread(self._write_ahead_moves, integ, relocated)
-
-        ops: list[Operation] = []
-        kinds: list[tuple[str, queue.Claimed, Rendered | None]] = []
-        for item, rendered in updates:
-            assert item.link is not None
-            ops.append(Operation("update", event=rendered.event, event_id=item.link.external_id))
-            kinds.append(("updated", item, rendered))
-        for item, rendered in creates:
-            ops.append(Operation("create", event=rendered.event))
-            kinds.append(("created", item, rendered))
-        own_deletes = [d for d in deletes if d[1] == calendar]
-        for item, _cal, event_id in own_deletes:
-            ops.append(Operation("delete", event_id=event_id))
-            kinds.append(("deleted", item, None))
-        results = await provider.batch(calendar, ops) if ops else []
-        recreate: list[tuple[queue.Claimed, Rendered]] = []
-        for (kind, item, sent), result in zip(kinds, results, strict=True):
-            job_id = item.job.id
-            assert job_id is not None
-            error = result.error
-            if error is None:
-                outcomes[job_id] = Outcome(
-                    kind, external_id=None if kind == "deleted" else result.event_id,
-                    calendar_id=calendar, content_hash=sent.content_hash if sent else None,
-                    fields=sent.fields if sent else (),
-                )  # fmt: skip
-            elif kind == "deleted" and isinstance(error, NotFound | Gone):
-                outcomes[job_id] = Outcome("deleted", calendar_id=calendar)
-            elif kind == "updated" and isinstance(error, NotFound | Gone):
-                # deleted outside calsync: create it again
-                recreate.append((item, self._render(integ, item, bump=True)))
-            else:
-                outcomes[job_id] = error
-        if integ.app != "google":
-            # Graph answers a repeated transactionId with the event as first created: bring a
-            # repeated create's event up to date. (Google's create of an existing id replaces it.)
-            await self._refresh_repeats(provider, calendar, creates, repeats, outcomes)
-        # Deletes on a calendar the integration no longer uses.
-        for item, old_calendar, event_id in (d for d in deletes if d[1] != calendar):
-            try:
-                await provider.delete_event(old_calendar, event_id)
-                outcomes[item.job.id] = Outcome("deleted", calendar_id=old_calendar)  # type: ignore[index]
-            except (NotFound, Gone):
-                outcomes[item.job.id] = Outcome("deleted", calendar_id=old_calendar)  # type: ignore[index]
-            except ProviderError as exc:
-                if isinstance(exc, ReauthRequired):
-                    raise
-                outcomes[item.job.id] = exc  # type: ignore[index]
-        if recreate:
-            results = await provider.batch(
-                calendar, [Operation("create", event=r.event) for _, r in recreate]
-            )
-            for (item, again), result in zip(recreate, results, strict=True):
-                outcomes[item.job.id] = (  # type: ignore[index]
-                    result.error
-                    if result.error is not None
-                    else Outcome(
-                        "created", external_id=result.event_id, calendar_id=calendar,
-                        content_hash=again.content_hash, fields=again.fields,
-                        generation=self._generation(integ, item.link, bump=True),
-                    )
-                )  # fmt: skip
-        # record the generation a create used
-        for item, _rendered in creates:
-            outcome = outcomes.get(item.job.id)  # type: ignore[arg-type]
-            if isinstance(outcome, Outcome) and outcome.generation is None:
-                bump = any(r is item for r in relocated)
-                outcome.generation = self._generation(integ, item.link, bump=bump)
-
-    def _write_ahead(
-        self, integ: Integration, creating: Sequence[queue.Claimed], live: Sequence[queue.Claimed]
-    ) -> None:
-        """Record, before the calls, what a dead worker may leave done but unrecorded (see the
-        module docstring). Links of jobs this worker no longer holds are left alone."""
-        if not creating and not live:
+    def write_ahead(self, integ: Integration, steps: Sequence[Step]) -> None:
+        """Record, before the calls, what a dead worker may leave done but unrecorded."""
+        changing = [s for s in steps if s.action in ("update", "move", "delete")]
+        creating = [s for s in steps if s.action == "create"]
+        if not changing and not creating:
             return
         assert integ.id is not None
-        iid = integ.id
-        links = EventLink.__table__  # type: ignore[attr-defined]
         with self.store.write() as session:  # a few set-based statements: this is on the clock
-            held = self._held(session, [*live, *creating])
-            touched = [i.visit.id for i in live if i.visit.id in held]
-            if touched:
-                session.execute(
-                    sa.update(links)
-                    .where(links.c.integration_id == iid, links.c.visit_id.in_(touched))
-                    .where(links.c.external_id.is_not(None))
-                    .values(content_hash=None)
-                )
-            created = [i.visit.id for i in creating if i.visit.id in held]
-            if created:
-                known = set(
-                    session.exec(
-                        select(EventLink.visit_id).where(
-                            EventLink.integration_id == iid, col(EventLink.visit_id).in_(created)
-                        )
-                    )
-                )
-                session.execute(
-                    sa.update(links)
-                    .where(links.c.integration_id == iid, links.c.visit_id.in_(known))
-                    .where(links.c.external_id.is_(None))
-                    .values(calendar_id=integ.calendar_id, content_hash=PENDING_CREATE)
-                )
-                fresh = [
-                    {"integration_id": iid, "visit_id": v, "external_id": None,
-                     "calendar_id": integ.calendar_id, "content_hash": PENDING_CREATE,
-                     "generation": 0, "synced_at": None}
-                    for v in created if v not in known
-                ]  # fmt: skip
-                if fresh:
-                    session.execute(sa.insert(links), fresh)
-
-    def _held(self, session: Any, items: Sequence[queue.Claimed]) -> set[str]:
-        """The visit ids of ``items`` whose jobs this worker still holds."""
-        return set(
-            session.exec(
-                select(Job.visit_id).where(
-                    col(Job.id).in_([i.job.id for i in items]),
-                    Job.state == JOB_RUNNING,
-                    Job.lease_owner == self.owner,
-                )
+            held = links.held(session, [s.job_id for s in (*changing, *creating)], self.owner)
+            links.forget_hashes(
+                session, integ.id, [s.visit_id for s in changing if s.visit_id in held]
             )
-        )
-
-    def _write_ahead_moves(self, integ: Integration, moved: Sequence[queue.Claimed]) -> None:
-        """A move's old event is gone; record its create on the new calendar as pending.
-
-        Between the delete on the old calendar and the create on the new one the link turns
-        into a pending create there (with the generation the create uses), so a worker that
-        dies after the create leaves what any pending create leaves: the next run repeats it on
-        the same key, or removes it when the visit no longer belongs there.
-        """
-        assert integ.id is not None
-        links = EventLink.__table__  # type: ignore[attr-defined]
-        with self.store.write() as session:
-            held = self._held(session, moved)
-            for item in (i for i in moved if i.visit.id in held):
-                session.execute(
-                    sa.update(links)
-                    .where(links.c.integration_id == integ.id, links.c.visit_id == item.visit.id)
-                    .values(
-                        external_id=None,
-                        calendar_id=integ.calendar_id,
-                        content_hash=PENDING_CREATE,
-                        generation=self._generation(integ, item.link, bump=True),
-                    )
-                )
-
-    async def _recover(
-        self,
-        provider: CalendarProvider,
-        integ: Integration,
-        items: Sequence[queue.Claimed],
-        outcomes: dict[int, Outcome | BaseException],
-    ) -> None:
-        """Remove what a dead worker's create may have made for visits that no longer belong:
-        create on the same key (idempotent: the same event, or a new one) and delete that."""
-        for cal in sorted({str(i.link.calendar_id or integ.calendar_id) for i in items if i.link}):
-            batch = [
-                i for i in items if i.link and (i.link.calendar_id or integ.calendar_id) == cal
-            ]
-            made = await provider.batch(
-                cal,
-                [
-                    Operation("create", event=self._render(integ, i).event)
-                    for i in batch
-                ],
+            links.mark_pending(
+                session, integ.id,
+                [Pending(s.visit_id, str(s.calendar_id), s.generation)
+                 for s in creating if s.visit_id in held],
             )  # fmt: skip
-            to_delete: list[tuple[queue.Claimed, str]] = []
-            for item, result in zip(batch, made, strict=True):
-                assert item.job.id is not None
-                if result.error is None and result.event_id is not None:
-                    to_delete.append((item, result.event_id))
-                elif isinstance(result.error, NotFound | Gone):  # no such calendar any more
-                    outcomes[item.job.id] = Outcome("deleted", calendar_id=cal)
-                else:
-                    outcomes[item.job.id] = result.error or RuntimeError("no event id")
-            gone = await provider.batch(
-                cal, [Operation("delete", event_id=event_id) for _, event_id in to_delete]
-            ) if to_delete else []  # fmt: skip
-            for (item, _), result in zip(to_delete, gone, strict=True):
-                assert item.job.id is not None
-                if result.error is None or isinstance(result.error, NotFound | Gone):
-                    outcomes[item.job.id] = Outcome("deleted", calendar_id=cal)
-                else:
-                    outcomes[item.job.id] = result.error
 
-    async def _refresh_repeats(
-        self,
-        provider: CalendarProvider,
-        calendar: str,
-        creates: Sequence[tuple[queue.Claimed, Rendered]],
-        repeats: set[int],
-        outcomes: dict[int, Outcome | BaseException],
-    ) -> None:
-        todo = [
-            (item, rendered, outcome)
-            for item, rendered in creates
-            if item.job.id in repeats
-            and isinstance(outcome := outcomes.get(item.job.id), Outcome)
-            and outcome.external_id is not None
-        ]
-        if not todo:
-            return
-        results = await provider.batch(
-            calendar,
-            [Operation("update", event=r.event, event_id=o.external_id) for _, r, o in todo],
-        )
-        for (item, _rendered, _outcome), result in zip(todo, results, strict=True):
-            if result.error is not None:
-                outcomes[item.job.id] = result.error  # type: ignore[index]
+    def write_ahead_relocations(self, integ: Integration, steps: Sequence[Step]) -> None:
+        """A move's old event (or a dead worker's create elsewhere) is gone: the link becomes a
+        pending create on the new calendar, with the generation that create uses."""
+        assert integ.id is not None
+        with self.store.write() as session:
+            held = links.held(session, [s.job_id for s in steps], self.owner)
+            links.mark_pending(
+                session, integ.id,
+                [Pending(s.visit_id, str(s.calendar_id), s.generation)
+                 for s in steps if s.visit_id in held],
+                relocation=True,
+            )  # fmt: skip
 
     # ----------------------------------------------------------------- completion
 
     def _complete(
-        self,
-        integ: Integration,
-        items: Sequence[queue.Claimed],
-        outcomes: dict[int, Outcome | BaseException],
+        self, integ: Integration, items: Sequence[queue.Claimed], outcomes: Outcomes
     ) -> IntegrationSummary:
         assert integ.id is not None
         summary = IntegrationSummary(id=integ.id, app=integ.app)
         now = self.clock()
         success = False
         last_error: str | None = None
+        calendar_lost: CalendarUnavailable | None = None
+        detail = f"{integ.app} calendar"
         with self.store.write() as session:
-            loaded = _prefetch(session, integ.id, items)  # noqa: F841 - kept alive on purpose
+            loaded = queue.load_claimed(session, integ.id, items)  # noqa: F841 - kept alive
             for item in items:
-                assert item.job.id is not None
-                job = queue.owned(session, item.job.id, self.owner)
+                job = queue.owned(session, item.job_id, self.owner)
                 if job is None:
                     continue  # our lease expired and another worker took the job over
-                outcome = outcomes.get(item.job.id, RuntimeError("no outcome"))
-                if isinstance(outcome, Outcome):
-                    success = True
-                    self._record(session, integ, item, outcome, now)
-                    queue.finish(session, job, now=now)
-                    if outcome.kind == "created":
-                        summary.pushed += 1
-                    else:
-                        setattr(summary, outcome.kind, getattr(summary, outcome.kind) + 1)
+                outcome = outcomes.get(item.job_id)
+                if outcome is None:  # not reached before a stop: back to the queue, untouched
+                    queue.give_back(session, job, now=now)
                     continue
-                error = _one_line(outcome)
+                if isinstance(outcome, Result):
+                    success = True
+                    outcome.visit_hash = item.visit.content_hash
+                    outcome.filter_version = integ.filter_version
+                    links.record(
+                        session, integ.id, item.visit.id, outcome, now=now,
+                        detail=f"{detail} {outcome.calendar_id}",
+                    )  # fmt: skip
+                    queue.finish(session, job, now=now)
+                    name = "pushed" if outcome.kind == "created" else outcome.kind
+                    setattr(summary, name, getattr(summary, name) + 1)
+                    continue
+                error = one_line(outcome)
                 last_error = error
-                if isinstance(outcome, ReauthRequired):
-                    summary.needs_reauth = True
+                if isinstance(outcome, KeyringError | StoreError):
+                    # this host cannot reach its tokens or its database: not the provider's
+                    # fault and not the visit's, so no retry is used up (exit 1, operational)
+                    summary.held += 1
+                    summary.blocked = True
+                    queue.hold(session, job, now=now, error=error, at=now + RETRY_DELAYS[0])
+                elif isinstance(outcome, ReauthRequired | CalendarUnavailable):
+                    summary.needs_reauth = summary.needs_reauth or isinstance(
+                        outcome, ReauthRequired
+                    )
+                    if isinstance(outcome, CalendarUnavailable):
+                        calendar_lost = outcome
                     summary.held += 1
                     queue.hold(session, job, now=now, error=error)
                 elif isinstance(outcome, ProviderError) and not outcome.retryable:
@@ -627,13 +391,15 @@ class Worker:
                         queue.fail(session, job, now=now, error=error)
                     else:
                         summary.rescheduled += 1
-                        after = outcome.retry_after if isinstance(outcome, RateLimited) else None
+                        after = getattr(outcome, "retry_after", None)
                         at = retry_at(job.attempts, now, retry_after=after, rng=self.rng)
                         queue.reschedule(session, job, now=now, at=at, error=error)
             fresh = session.get(Integration, integ.id)
             if fresh is not None:
                 if summary.needs_reauth:
                     states.mark_reauth(session, fresh, now=now)
+                elif calendar_lost is not None:
+                    states.mark_calendar_lost(session, fresh, now=now, why=one_line(calendar_lost))
                 elif last_error is not None:
                     states.mark_error(session, fresh, now=now, source="push", detail=last_error)
                     if success:
@@ -643,29 +409,243 @@ class Worker:
         summary.error = last_error
         return summary
 
-    def _record(
-        self, session: Any, integ: Integration, item: queue.Claimed, outcome: Outcome, now: datetime
+
+class Applier:
+    """Applies one integration's steps through its provider; fills ``outcomes`` per job."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        provider: CalendarProvider,
+        integ: Integration,
+        items: Sequence[queue.Claimed],
     ) -> None:
-        if outcome.kind == "skipped":
-            return
-        assert integ.id is not None
-        link = session.get(EventLink, (integ.id, item.visit.id))
-        if link is None:
-            link = EventLink(integration_id=integ.id, visit_id=item.visit.id)
-        if outcome.kind == "deleted":
-            link.external_id = None
-            link.content_hash = None
-            link.generation += 1
-        else:
-            link.external_id = outcome.external_id
-            link.calendar_id = outcome.calendar_id
-            link.content_hash = outcome.content_hash
-            if outcome.generation is not None:
-                link.generation = outcome.generation
-        link.synced_at = now
-        session.add(link)
-        audit.record(
-            session, {"created": "push_create", "updated": "push_update"}.get(outcome.kind, "push_delete"),
-            now=now, integration_id=integ.id, visit_id=item.visit.id, fields=outcome.fields,
-            detail=f"{integ.app} calendar {outcome.calendar_id}",
+        assert integ.calendar_id is not None
+        self.worker = worker
+        self.provider = provider
+        self.integ = integ
+        self.calendar = integ.calendar_id
+        self.items = {item.job_id: item for item in items}
+
+    def _render(self, step: Step, generation: int) -> Rendered:
+        item = self.items[step.job_id]
+        return render(
+            item.visit, item.practice, self.integ, generation=generation,
+            visit_link=self.worker.settings.visit_link(item.visit.id),
         )  # fmt: skip
+
+    @staticmethod
+    def _made(step: Step, rendered: Rendered, generation: int, result: OperationResult) -> Result:
+        return Result(
+            "created", external_id=result.event_id, calendar_id=step.calendar_id,
+            content_hash=rendered.content_hash, generation=generation, fields=rendered.fields,
+        )  # fmt: skip
+
+    def _gone(self, step: Step, calendar: str | None) -> Result:
+        return Result("deleted", calendar_id=calendar, generation=step.generation_after_delete)
+
+    async def run(self, steps: Sequence[Step], outcomes: Outcomes) -> None:
+        for step in steps:
+            if step.action == "skip":
+                outcomes[step.job_id] = Result("skipped")
+            elif step.action == "invalid":
+                outcomes[step.job_id] = InvalidRequest(f"visit {step.visit_id} {step.why}")
+        await asyncio.to_thread(self.worker.write_ahead, self.integ, steps)
+
+        # 1. What must go before a create here: a dead worker's create where it should not be
+        #    (recover), and a move's old event. Both then create here, as relocations.
+        relocations: list[Step] = []
+        recover = [s for s in steps if s.action == "recover"]
+        for step in await self._recover(recover, outcomes):
+            if step.rendered is not None:
+                del outcomes[step.job_id]
+                relocations.append(step)
+        relocations += await self._delete_moved([s for s in steps if s.action == "move"], outcomes)
+        if relocations:
+            await asyncio.to_thread(self.worker.write_ahead_relocations, self.integ, relocations)
+
+        # 2. One batch on the integration's calendar: updates, creates, deletes there.
+        creates = [s for s in steps if s.action == "create"] + relocations
+        if self.provider.repeated_create_returns_original:
+            # The service's idempotency key (Graph's transactionId) is kept for an undocumented
+            # while only: before creating again what a dead worker may have made, look for it by
+            # calsync's tag; found, it is updated in place instead of created twice.
+            found = await self._find_repeats([s for s in creates if s.repeat], outcomes)
+            creates = [s for s in creates if s.job_id not in found]
+        updates = [s for s in steps if s.action == "update"]
+        deletes = [s for s in steps if s.action == "delete"]
+        here = [s for s in deletes if s.from_calendar == self.calendar]
+        ops = [Operation("update", event=self._event(s), event_id=s.event_id) for s in updates]
+        ops += [Operation("create", event=self._event(s)) for s in creates]
+        ops += [Operation("delete", event_id=s.event_id) for s in here]
+        results = await self._batch_until_stopped(ops)
+        again: list[tuple[Step, int]] = []  # creates to send under another generation
+        for step, result in zip([*updates, *creates, *here], results, strict=False):
+            error, rendered = result.error, step.rendered
+            if step.action == "delete":
+                if error is None or isinstance(error, NotFound | Gone):
+                    outcomes[step.job_id] = self._gone(step, self.calendar)
+                else:
+                    outcomes[step.job_id] = error
+            elif error is None:
+                assert rendered is not None
+                if step.action == "update":
+                    outcomes[step.job_id] = Result(
+                        "updated", external_id=result.event_id, calendar_id=self.calendar,
+                        content_hash=rendered.content_hash, fields=rendered.fields,
+                    )  # fmt: skip
+                else:
+                    outcomes[step.job_id] = self._made(step, rendered, step.generation, result)
+            elif step.action == "update" and isinstance(error, NotFound | Gone):
+                # deleted outside calsync: create it again (a provider that restores deleted
+                # events under their id keeps the generation; any other takes the next one)
+                restores = self.provider.create_restores_deleted
+                again.append((step, step.generation + (0 if restores else 1)))
+            elif isinstance(error, EventIdTaken):
+                again.append((step, step.generation + 1))
+            else:
+                outcomes[step.job_id] = error
+
+        # 3. Result-dependent fallbacks, then the rest.
+        await self._create_again(again, outcomes)
+        if self.provider.repeated_create_returns_original:
+            await self._refresh_repeats([s for s in creates if s.repeat], outcomes)
+        for step in (s for s in deletes if s.from_calendar != self.calendar):
+            assert step.from_calendar is not None and step.event_id is not None
+            try:
+                await self.provider.delete_event(step.from_calendar, step.event_id)
+                outcomes[step.job_id] = self._gone(step, step.from_calendar)
+            except (NotFound, Gone):
+                outcomes[step.job_id] = self._gone(step, step.from_calendar)
+            except ReauthRequired:
+                raise
+            except ProviderError as exc:
+                outcomes[step.job_id] = exc
+
+    async def _batch_until_stopped(self, ops: Sequence[Operation]) -> list[OperationResult]:
+        """The batch on the integration's calendar, in slices of as many requests as may be in
+        flight at once; a stop request (SIGTERM) ends it between slices: what was not sent gets
+        no outcome and goes back to the queue untouched."""
+        size = max(1, self.provider.max_batch * self.provider.max_concurrency)
+        results: list[OperationResult] = []
+        for first in range(0, len(ops), size):
+            if self.worker.stop_requested:
+                break
+            results += await self.provider.batch(self.calendar, ops[first : first + size])
+        return results
+
+    @staticmethod
+    def _event(step: Step) -> Any:
+        assert step.rendered is not None
+        return step.rendered.event
+
+    async def _recover(self, steps: Sequence[Step], outcomes: Outcomes) -> list[Step]:
+        """Remove what a dead worker's create may have made: create on the same key (the same
+        event, or a new one) and delete that. Answers the steps whose cleanup succeeded."""
+        cleared: list[Step] = []
+        for cal in sorted({str(s.from_calendar) for s in steps}):
+            batch = [s for s in steps if s.from_calendar == cal]
+            made = await self.provider.batch(
+                cal, [Operation("create", event=s.probe.event) for s in batch if s.probe]
+            )
+            to_delete: list[tuple[Step, str]] = []
+            for step, result in zip(batch, made, strict=True):
+                if result.error is None and result.event_id is not None:
+                    to_delete.append((step, result.event_id))
+                elif isinstance(result.error, NotFound | Gone | CalendarUnavailable):
+                    outcomes[step.job_id] = self._gone(step, cal)  # no such calendar any more
+                    cleared.append(step)
+                else:
+                    outcomes[step.job_id] = result.error or ProviderError("no event id")
+            gone = await self.provider.batch(
+                cal, [Operation("delete", event_id=event_id) for _, event_id in to_delete]
+            ) if to_delete else []  # fmt: skip
+            for (step, _), result in zip(to_delete, gone, strict=True):
+                if result.error is None or isinstance(result.error, NotFound | Gone):
+                    outcomes[step.job_id] = self._gone(step, cal)
+                    cleared.append(step)
+                else:
+                    outcomes[step.job_id] = result.error
+        return cleared
+
+    async def _delete_moved(self, steps: Sequence[Step], outcomes: Outcomes) -> list[Step]:
+        """Delete moved events on their old calendars; answers the moves ready to create here."""
+        ready: list[Step] = []
+        for old in sorted({str(s.from_calendar) for s in steps}):
+            batch = [s for s in steps if s.from_calendar == old]
+            results = await self.provider.batch(
+                old, [Operation("delete", event_id=s.event_id) for s in batch]
+            )
+            for step, result in zip(batch, results, strict=True):
+                error = result.error
+                if error is None or isinstance(error, NotFound | Gone | CalendarUnavailable):
+                    ready.append(step)
+                else:
+                    outcomes[step.job_id] = error
+        return ready
+
+    async def _create_again(self, again: list[tuple[Step, int]], outcomes: Outcomes) -> None:
+        """Creates under a later generation (the event was deleted outside calsync, or its id
+        cannot be restored); an id that is taken again moves on once more, at most 3 times."""
+        for _ in range(3):
+            if not again:
+                return
+            drawn = [(step, gen, self._render(step, gen)) for step, gen in again]
+            results = await self.provider.batch(
+                self.calendar, [Operation("create", event=r.event) for _, _, r in drawn]
+            )
+            again = []
+            for (step, gen, rendered), result in zip(drawn, results, strict=True):
+                if result.error is None:
+                    outcomes[step.job_id] = self._made(step, rendered, gen, result)
+                elif isinstance(result.error, EventIdTaken):
+                    again.append((step, gen + 1))
+                else:
+                    outcomes[step.job_id] = result.error
+        for step, _ in again:
+            outcomes[step.job_id] = EventIdTaken("no free event id for this visit")
+
+    async def _find_repeats(self, repeats: Sequence[Step], outcomes: Outcomes) -> set[int]:
+        """Repeated creates whose event is found by its tag: updated to the current render and
+        recorded as created. Answers their job ids."""
+        found: set[int] = set()
+        for step in repeats:
+            if self.worker.stop_requested:
+                break
+            assert step.rendered is not None
+            try:
+                event_id = await self.provider.find_event_by_tag(
+                    self.calendar, step.rendered.event.tag
+                )
+                if event_id is None:
+                    continue
+                await self.provider.update_event(self.calendar, event_id, step.rendered.event)
+            except ReauthRequired:
+                raise
+            except ProviderError as exc:
+                outcomes[step.job_id] = exc
+                found.add(step.job_id)
+                continue
+            outcomes[step.job_id] = self._made(
+                step, step.rendered, step.generation, OperationResult(event_id)
+            )
+            found.add(step.job_id)
+        return found
+
+    async def _refresh_repeats(self, repeats: Sequence[Step], outcomes: Outcomes) -> None:
+        """A repeated create answered the event as first created: bring it up to date."""
+        todo = [
+            (step, outcome)
+            for step in repeats
+            if isinstance(outcome := outcomes.get(step.job_id), Result)
+            and outcome.external_id is not None
+        ]
+        if not todo:
+            return
+        results = await self.provider.batch(
+            self.calendar,
+            [Operation("update", event=self._event(s), event_id=o.external_id) for s, o in todo],
+        )
+        for (step, _outcome), result in zip(todo, results, strict=True):
+            if result.error is not None:
+                outcomes[step.job_id] = result.error

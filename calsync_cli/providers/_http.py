@@ -1,6 +1,12 @@
 """What the Google and Microsoft clients share: one authenticated request with a single token
-refresh, transport failures as ``Unavailable``, quick in-call retries under a time budget, and the
-small parsers (``Retry-After``, one-line messages).
+refresh, transport failures as ``Unavailable``, quick in-call retries under a time budget, error
+translation from a provider's table, the batch loop, and the small parsers (``Retry-After``,
+one-line messages).
+
+The batch loop (``run_batch``) is written once: chunk the operations, send a chunk, read each
+item's answer, send again at once the items refused for an expired token (after one refresh),
+send again after a wait only the throttled or transient items, and report the rest per item.
+Google and Graph supply how to encode a chunk and decode one item's answer.
 
 Nothing here formats a request body into a message: bodies carry patient names. Error messages
 are built from the status code and the provider's own error text, cut to one short line.
@@ -11,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -19,10 +26,15 @@ import httpx2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_exponential_jitter
 
+from calsync_cli import errors
 from calsync_cli.providers.base import (
     AuthExpired,
+    InvalidRequest,
+    Operation,
+    OperationResult,
     ProviderError,
     RateLimited,
+    ReauthRequired,
     TokenSource,
     Unavailable,
 )
@@ -59,11 +71,8 @@ def client_options(transport: Any = None, timeout: Any = HTTP_TIMEOUT) -> dict[s
 
 
 def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """Collapse whitespace to one line and cut it to ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    if len(flat) > limit:
-        flat = flat[: limit - 1].rstrip() + "…"
-    return flat
+    """A provider's text as one line of at most ``limit`` characters (``errors.one_line``)."""
+    return errors.one_line(text, limit)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -150,8 +159,11 @@ class ApiSession:
         max_concurrency: int = 4,
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.client = client
+        #: sent on every exchange (Graph: ``Prefer: IdType="ImmutableId"``)
+        self.headers = dict(headers or {})
         self.tokens = tokens
         self.provider = provider
         self.translate = translate
@@ -170,7 +182,12 @@ class ApiSession:
     async def _exchange(
         self, method: str, url: str, token: str, kwargs: dict[str, Any]
     ) -> httpx2.Response:
-        headers = dict(kwargs.pop("headers", None) or {})
+        headers = dict(self.headers)
+        for name, value in (kwargs.pop("headers", None) or {}).items():
+            if name.lower() == "prefer" and "Prefer" in headers:  # preferences add up
+                headers["Prefer"] = f"{headers['Prefer']}, {value}"
+            else:
+                headers[name] = value
         headers["Authorization"] = f"Bearer {token}"
         try:
             async with self._gate:
@@ -260,3 +277,177 @@ def slower_error(current: ProviderError | None, candidate: ProviderError) -> Pro
     wait_now = getattr(current, "retry_after", None) or 0.0
     wait_new = getattr(candidate, "retry_after", None) or 0.0
     return candidate if wait_new > wait_now else current
+
+
+# -- error translation ---------------------------------------------------------------------------
+
+ErrorClass = type[ProviderError]
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """One row of a provider's error table: a status (or range), the provider's reasons it
+    requires (None: any), and the class it becomes. ``retry_after`` overrides the header's
+    wait (seconds), for errors whose provider documents a long back-off."""
+
+    status: int | range
+    reasons: frozenset[str] | None
+    cls: ErrorClass
+    retry_after: float | None = None
+
+    def matches(self, status: int, reason: str | None) -> bool:
+        hit = status == self.status if isinstance(self.status, int) else status in self.status
+        return hit and (self.reasons is None or reason in self.reasons)
+
+
+def translate(
+    response: httpx2.Response,
+    *,
+    provider: str,
+    table: Sequence[ErrorRule],
+    reason: str | None,
+    message: str | None,
+) -> ProviderError:
+    """A non-2xx answer as the ``ProviderError`` of the first matching rule (``InvalidRequest``
+    when none matches). The message is the status, the provider's reason and its own text on
+    one short line: never a request body."""
+    status = response.status_code
+    text = f"{provider}: HTTP {status}"
+    if reason:
+        text += f" {reason}"
+    if message:
+        text += f": {message}"
+    text = one_line(text)
+    rule = next((r for r in table if r.matches(status, reason)), None)
+    cls: ErrorClass = rule.cls if rule is not None else InvalidRequest
+    if cls is RateLimited or cls is Unavailable:
+        wait = retry_after_of(response.headers)
+        if rule is not None and rule.retry_after is not None:
+            wait = max(wait or 0.0, rule.retry_after)
+        if cls is RateLimited:
+            return RateLimited(text, retry_after=wait, status=status)
+        return Unavailable(text, retry_after=wait, status=status)
+    return cls(text, status=status)
+
+
+# -- the batch loop ------------------------------------------------------------------------------
+
+#: a step to take after the chunk was answered, for one item (Google restores a create whose id
+#: exists with a separate PUT): it answers the item's result
+FollowUp = Callable[[], Awaitable[OperationResult]]
+#: send one chunk of (index, operation) as one request; answers each index's inner response
+SendChunk = Callable[[Sequence[tuple[int, Operation]]], Awaitable[dict[int, httpx2.Response]]]
+#: one item's answer (None when the batch answer left it out) as a result or a follow-up
+DecodeItem = Callable[[Operation, "httpx2.Response | None"], "OperationResult | FollowUp"]
+
+
+async def run_batch(
+    session: ApiSession,
+    operations: Sequence[Operation],
+    *,
+    chunk: int,
+    check: Callable[[Operation], None],
+    send: SendChunk,
+    decode: DecodeItem,
+) -> list[OperationResult]:
+    """Run ``operations`` ``chunk`` per request (see the module docstring).
+
+    ``check`` raises ``InvalidRequest`` for an operation that cannot be encoded (reported for
+    that item alone). A failure of a chunk's first request as a whole raises; a later repeat
+    that fails as a whole is reported on the items it carried. ``ReauthRequired`` propagates.
+    """
+    results: list[OperationResult | None] = [None] * len(operations)
+    for first in range(0, len(operations), max(1, chunk)):
+        indices = range(first, min(first + max(1, chunk), len(operations)))
+        await _run_chunk(session, operations, list(indices), results, check, send, decode)
+    final: list[OperationResult] = []
+    for result in results:
+        assert result is not None
+        final.append(result)
+    return final
+
+
+async def _run_chunk(
+    session: ApiSession,
+    operations: Sequence[Operation],
+    indices: list[int],
+    results: list[OperationResult | None],
+    check: Callable[[Operation], None],
+    send: SendChunk,
+    decode: DecodeItem,
+) -> None:
+    pending: list[int] = []
+    for i in indices:
+        try:
+            check(operations[i])
+        except InvalidRequest as exc:
+            results[i] = OperationResult(event_id=operations[i].event_id, error=exc)
+        else:
+            pending.append(i)
+    follow_ups: dict[int, FollowUp] = {}
+    answered_once = False
+    refreshed = False
+    item_error: ProviderError | None = None
+
+    async def one_request(batch: list[int]) -> tuple[list[int], list[int], ProviderError | None]:
+        """Send ``batch``; answers (expired, again, the error to wait for)."""
+        nonlocal answered_once
+        answers = await send([(i, operations[i]) for i in batch])
+        answered_once = True
+        expired: list[int] = []
+        again: list[int] = []
+        worst: ProviderError | None = None
+        for i in batch:
+            outcome = decode(operations[i], answers.get(i))
+            if not isinstance(outcome, OperationResult):
+                follow_ups[i] = outcome
+                continue
+            results[i] = outcome
+            error = outcome.error
+            if isinstance(error, AuthExpired):
+                expired.append(i)
+            elif isinstance(error, RateLimited | Unavailable):
+                again.append(i)
+                worst = slower_error(worst, error)
+        return expired, again, worst
+
+    async def attempt() -> None:
+        nonlocal pending, refreshed, item_error
+        expired, again, worst = await one_request(pending)
+        if expired and not refreshed:
+            # Those items were refused with the current token: refresh once (ReauthRequired
+            # propagates) and send them again at once, without waiting.
+            refreshed = True
+            await session.tokens.refresh()
+            still, more, slower = await one_request(expired)
+            again += more
+            if slower is not None:
+                worst = slower_error(worst, slower)
+            for i in still:  # refused again with a fresh token: reported as is
+                results[i] = OperationResult(
+                    event_id=operations[i].event_id,
+                    error=AuthExpired(f"{session.provider} refused the refreshed access token"),
+                )
+        pending = again
+        if worst is not None:
+            item_error = worst
+            raise worst
+
+    if pending:
+        try:
+            await session.retrying(attempt)
+        except ReauthRequired:
+            raise
+        except ProviderError as exc:
+            if exc is not item_error:
+                if not answered_once:
+                    raise
+                for i in pending:  # a later repeat failed as a whole: report it per item
+                    results[i] = OperationResult(event_id=operations[i].event_id, error=exc)
+    for i, follow_up in follow_ups.items():
+        try:
+            results[i] = await follow_up()
+        except ReauthRequired:
+            raise
+        except ProviderError as exc:
+            results[i] = OperationResult(event_id=operations[i].event_id, error=exc)

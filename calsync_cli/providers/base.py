@@ -1,114 +1,56 @@
-"""The calendar provider interface and the errors every provider translates its answers into.
+"""The calendar provider interface, and the errors every provider translates its answers into.
 
-::
-
-    ProviderError                 any failure talking to a provider
-    ├── NotFound                  the event or calendar does not exist (Graph 404, Google 404)
-    ├── Gone                      deleted already (Google 410); deletes treat it as done
-    ├── RateLimited               throttled (429, Google 403 rateLimitExceeded); has ``retry_after``
-    ├── Unavailable               5xx, timeouts, dropped connections: transient, retry later
-    ├── AuthExpired               the access token was refused (401); refresh it and repeat at once
-    ├── ReauthRequired            the grant is gone (``invalid_grant``): the user must reconnect
-    ├── PermissionDenied          the account may not do this (read-only calendar, missing scope)
-    ├── CalendarUnavailable       the target calendar is gone, or calsync lost write access to it:
-    │                             the integration needs a new calendar choice (jobs are held)
-    ├── EventIdTaken              a create's id belongs to an event that cannot be restored (Google:
-    │                             deleted in the Calendar UI): create under the next generation
-    └── InvalidRequest            the provider rejected the request as malformed (400-class): final
-
-The engine never sees an HTTP status code; it sees these classes. ``retryable`` says whether a
-failure may succeed later without anyone changing anything.
+The errors (``ProviderError`` and its subclasses: ``NotFound``, ``Gone``, ``RateLimited``,
+``Unavailable``, ``AuthExpired``, ``ReauthRequired``, ``PermissionDenied``,
+``CalendarUnavailable``, ``EventIdTaken``, ``InvalidRequest``) are drawn in ``calsync_cli.errors``
+with the rest of calsync's exceptions and re-exported here. The engine never sees an HTTP status
+code; it sees these classes. ``retryable`` says whether a failure may succeed later without
+anyone changing anything.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
-from calsync_cli.errors import ReauthRequired as _ReauthRequiredBase
+from calsync_cli.errors import (
+    AuthExpired,
+    CalendarUnavailable,
+    EventIdTaken,
+    Gone,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ProviderError,
+    RateLimited,
+    ReauthRequired,
+    Unavailable,
+)
 
-
-class ProviderError(Exception):
-    """A provider call failed. ``message`` is one line, safe to show and store (no PHI)."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-class NotFound(ProviderError):
-    """The calendar or event does not exist."""
-
-
-class Gone(ProviderError):
-    """The event was deleted already (Google answers 410 for a deleted event)."""
-
-
-class RateLimited(ProviderError):
-    """The provider throttled the call. ``retry_after`` is seconds, when the provider said."""
-
-    retryable = True
-
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, status: int | None = None
-    ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
-
-
-class Unavailable(ProviderError):
-    """A transient failure: 5xx, a timeout, a dropped connection. ``retry_after`` is seconds,
-    when the provider said (a 503 may carry ``Retry-After``)."""
-
-    retryable = True
-
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
-
-
-class AuthExpired(ProviderError):
-    """The access token was refused; refresh it and repeat the call once."""
-
-    retryable = True
-
-
-class ReauthRequired(ProviderError, _ReauthRequiredBase):
-    """The refresh token is invalid or revoked: only a new sign-in helps (exit code 4)."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
-        ProviderError.__init__(self, message, status=status)
-        _ReauthRequiredBase.__init__(self, message, hint=hint)
-
-
-class PermissionDenied(ProviderError):
-    """The account may not do this (a read-only calendar, a missing scope)."""
-
-
-class CalendarUnavailable(ProviderError):
-    """The integration's calendar is gone (404) or no longer writable (403): only a new calendar
-    choice helps (``calsync calendars select ID CAL_ID``). Not retryable; the engine holds the
-    integration's jobs and puts it in Error with that fix."""
-
-
-class EventIdTaken(ProviderError):
-    """A create's id is held by an event that cannot be brought back (Google answers 409
-    ``duplicate`` to the insert, then 403/404 to restoring it: an event deleted in the Calendar UI
-    or purged). The engine creates the event again under the visit's next generation."""
-
-
-class InvalidRequest(ProviderError):
-    """The provider rejected the request as invalid; repeating it will not help."""
+__all__ = [
+    "AuthExpired",
+    "BusyBlock",
+    "Calendar",
+    "CalendarProvider",
+    "CalendarUnavailable",
+    "EventData",
+    "EventIdTaken",
+    "Gone",
+    "InvalidRequest",
+    "NotFound",
+    "Operation",
+    "OperationResult",
+    "PermissionDenied",
+    "ProviderError",
+    "RateLimited",
+    "ReauthRequired",
+    "StaticTokenSource",
+    "TokenSource",
+    "Unavailable",
+]
 
 
 @dataclass(frozen=True)
@@ -138,6 +80,34 @@ class EventData:
     end: datetime  # aware
     timezone: str  # IANA name of the practice
     tag: str
+    #: mark the event private (Google ``visibility``, Outlook ``sensitivity``): people the
+    #: calendar is shared with see "busy", not the patient
+    private: bool = True
+    #: reminders: None = the app's default for synced visits (Outlook off, Google the
+    #: calendar's default reminders), True = the calendar's default reminders, False = none
+    reminders: bool | None = None
+
+
+@dataclass(frozen=True)
+class TaggedEvent:
+    """One of calsync's own events as the provider holds it now (``list_tagged_events``), in
+    the terms of ``EventData`` so the engine can compare it with a fresh render.
+
+    ``description`` is plain text (Google's HTML is read back to text); ``private`` and
+    ``reminders_on`` are what the event says now (``reminders_on`` is None where the provider
+    leaves the calendar's default in place)."""
+
+    event_id: str
+    tag: str
+    title: str
+    description: str
+    location: str | None
+    start: datetime  # aware
+    end: datetime  # aware
+    private: bool
+    reminders_on: bool | None = None
+    #: the provider's change marker (Google ``etag``, Graph ``changeKey``), when it gives one
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,10 +155,10 @@ class CalendarProvider(abc.ABC):
 
     #: a create with the id of an event deleted earlier restores that event (Google keeps deleted
     #: events under their id), so a visit keeps one key for life and a delete does not move it on
-    create_restores_deleted: bool = False
+    create_restores_deleted: ClassVar[bool] = False
     #: a repeated create answers the event as it was first created, unchanged (Graph's
     #: ``transactionId``): after repeating a create that may have landed, update the event
-    repeated_create_returns_original: bool = False
+    repeated_create_returns_original: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def account(self) -> str:
@@ -213,6 +183,19 @@ class CalendarProvider(abc.ABC):
     @abc.abstractmethod
     async def delete_event(self, calendar_id: str, event_id: str) -> None:
         """Delete the event. Raises ``NotFound`` or ``Gone`` when it is already gone."""
+
+    @abc.abstractmethod
+    async def find_event_by_tag(self, calendar_id: str, tag: str) -> str | None:
+        """The id of the live event carrying calsync's ``tag`` on the calendar, or None. One
+        request: the engine asks it before creating again a create that may have landed (Graph
+        keeps a ``transactionId`` for an undocumented while only)."""
+
+    @abc.abstractmethod
+    def list_tagged_events(
+        self, calendar_id: str, start: datetime, end: datetime
+    ) -> AsyncIterator[list[TaggedEvent]]:
+        """calsync's live events overlapping [start, end), one list per page the provider
+        answers: the number of requests grows with pages, not events."""
 
     @abc.abstractmethod
     async def list_busy(self, calendar_id: str, start: datetime, end: datetime) -> list[BusyBlock]:

@@ -27,6 +27,17 @@ def http_client(max_connections: int = 100) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(limits=limits, **client_options(timeout=API_TIMEOUT))
 
 
+def provider_class(app: str) -> type[CalendarProvider]:
+    """The provider class of ``app``: its capabilities, without a client or a sign-in."""
+    classes: dict[str, type[CalendarProvider]] = {
+        "google": GoogleCalendarProvider,
+        "outlook": OutlookCalendarProvider,
+    }
+    if app not in classes:
+        raise ValueError(f"unknown calendar app {app!r} (expected google or outlook)")
+    return classes[app]
+
+
 def make_provider(
     app: App,
     client: httpx2.AsyncClient,

@@ -7,23 +7,39 @@ of ``EventData.key``, 52 characters, well inside Google's 5-1024. Inserting it t
 ``status: confirmed``, which restores a deleted event and refreshes a live one, and answers the
 same id. So a create repeated after a crash, or after a delete, yields one event.
 
-Updates are ``PATCH``: fields calsync does not own (reminders, colour) stay as the user set them.
-An update of an event deleted outside calsync raises ``NotFound``/``Gone``; when Google answers
-the patch with the event still ``cancelled``, that is ``Gone`` too, so a deleted event is never
-brought back by an update (only by a create).
+An event deleted by its owner in the Calendar UI is different: inserting its id answers 409
+``duplicate`` and the ``PUT`` answers 403 (404 once purged), as field reports show
+(google-api-python-client#846, google-api-ruby-client#1811). The create then raises
+``EventIdTaken`` and the engine creates the event under the visit's next generation.
 
-Batches go to the multipart/mixed endpoint in chunks of ``BATCH_CHUNK`` (50) calls. The protocol
-allows 1,000, but each inner call counts against the per-user quota on its own, so large batches
-mostly earn per-item ``rateLimitExceeded`` answers; 50 keeps a throttled chunk cheap to repeat.
+Updates are ``PATCH``: fields calsync does not own (colour, reminders unless the filter turns
+them off) stay as the user set them. An update of an event deleted outside calsync raises
+``NotFound``/``Gone``; when Google answers the patch with the event still ``cancelled``, or
+refuses it (403) while the calendar is still writable, that is ``Gone`` too, so a deleted event
+is never brought back by an update (only by a create).
+
+A write answered 404, or 403 for a reason other than throttling, asks the calendar list once
+whether the calendar itself is gone or no longer writable: then ``CalendarUnavailable``.
+
+``description`` is HTML for Google ("can contain HTML", Events resource): what calsync puts there
+is escaped, so a visit reason ``BP <140`` shows as text.
+
+Batches go to the multipart/mixed endpoint in chunks of ``BATCH_CHUNK`` (20) calls, all to one
+calendar. The protocol allows 1,000, but each inner call counts against the per-user quota, and
+Google's usage-limits guide warns of operational limits "if you attempt to write to a single
+calendar in quick succession" (developers.google.com/workspace/calendar/api/guides/quota): a
+small chunk keeps the burst on one calendar modest and a throttled chunk cheap to repeat.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
+import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date, datetime, time, tzinfo
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -34,19 +50,22 @@ import httpx2
 from calsync_cli.providers._http import (
     DEFAULT_RETRY_BUDGET,
     ApiSession,
+    ErrorRule,
+    FollowUp,
     SleepFunc,
     json_body,
     json_object,
-    one_line,
-    retry_after_of,
-    slower_error,
+    run_batch,
+    translate,
 )
 from calsync_cli.providers.base import (
     AuthExpired,
     BusyBlock,
     Calendar,
     CalendarProvider,
+    CalendarUnavailable,
     EventData,
+    EventIdTaken,
     Gone,
     InvalidRequest,
     NotFound,
@@ -55,7 +74,7 @@ from calsync_cli.providers.base import (
     PermissionDenied,
     ProviderError,
     RateLimited,
-    ReauthRequired,
+    TaggedEvent,
     TokenSource,
     Unavailable,
 )
@@ -64,11 +83,20 @@ PROVIDER_NAME = "Google Calendar"
 DEFAULT_API_URL = "https://www.googleapis.com/calendar/v3"
 DEFAULT_BATCH_URL = "https://www.googleapis.com/batch/calendar/v3"
 #: inner calls per batch request (see the module docstring)
-BATCH_CHUNK = 50
+BATCH_CHUNK = 20
 #: the key under ``extendedProperties.private`` that marks calsync's events
 TAG_PROPERTY = "calsync"
 #: Google 403 reasons that mean "slow down", not "not allowed"
-RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+#: "Calendar usage limits exceeded" (403 ``quotaExceeded``): the account hit a Calendar use
+#: limit and "might become read-only for a few hours" (Google Workspace Admin Help, "Avoid
+#: Calendar use limits", support.google.com/a/answer/2905486): wait hours, not seconds
+QUOTA_REASONS = frozenset({"quotaExceeded"})
+QUOTA_BACKOFF = 3 * 3600.0
+#: 403 reasons that say the calendar itself refuses writes (read-only, access removed)
+CALENDAR_REFUSALS = frozenset({"requiredAccessLevel", "forbidden", "forbiddenForNonOrganizer"})
+#: 409 ``conflict`` inside a batch: "retry in another batch" (Calendar API, Handle API errors)
+CONFLICT_REASONS = frozenset({"conflict"})
 WRITABLE_ROLES = frozenset({"owner", "writer"})
 
 
@@ -80,19 +108,19 @@ def event_id_for(key: str) -> str:
 
 # -- error translation ---------------------------------------------------------------------------
 
-ErrorClass = type[ProviderError]
-
-#: (status or range, required reason or None, class): the first match wins.
-GOOGLE_ERROR_TABLE: tuple[tuple[int | range, frozenset[str] | None, ErrorClass], ...] = (
-    (429, None, RateLimited),
-    (403, RATE_LIMIT_REASONS, RateLimited),
-    (403, None, PermissionDenied),
-    (401, None, AuthExpired),
-    (404, None, NotFound),
-    (410, None, Gone),
-    (408, None, Unavailable),
-    (range(500, 600), None, Unavailable),
-    (range(400, 500), None, InvalidRequest),
+#: the first matching rule wins (Calendar API, "Handle API errors")
+GOOGLE_ERROR_TABLE: tuple[ErrorRule, ...] = (
+    ErrorRule(429, None, RateLimited),
+    ErrorRule(403, QUOTA_REASONS, RateLimited, retry_after=QUOTA_BACKOFF),
+    ErrorRule(403, RATE_LIMIT_REASONS, RateLimited),
+    ErrorRule(403, None, PermissionDenied),
+    ErrorRule(401, None, AuthExpired),
+    ErrorRule(404, None, NotFound),
+    ErrorRule(409, CONFLICT_REASONS, Unavailable),
+    ErrorRule(410, None, Gone),
+    ErrorRule(408, None, Unavailable),
+    ErrorRule(range(500, 600), None, Unavailable),
+    ErrorRule(range(400, 500), None, InvalidRequest),
 )
 
 
@@ -118,26 +146,14 @@ def _google_reason(data: Any) -> tuple[str | None, str | None]:
 
 def google_error(response: httpx2.Response) -> ProviderError:
     """Translate a non-2xx Google answer into a ``ProviderError`` (see ``GOOGLE_ERROR_TABLE``)."""
-    status = response.status_code
     reason, message = _google_reason(json_body(response))
-    text = f"{PROVIDER_NAME}: HTTP {status}"
-    if reason:
-        text += f" {reason}"
-    if message:
-        text += f": {message}"
-    text = one_line(text)
-    cls: ErrorClass = InvalidRequest
-    for match, reasons, candidate in GOOGLE_ERROR_TABLE:
-        if (status == match if isinstance(match, int) else status in match) and (
-            reasons is None or reason in reasons
-        ):
-            cls = candidate
-            break
-    if cls is RateLimited:
-        return RateLimited(text, retry_after=retry_after_of(response.headers), status=status)
-    if cls is Unavailable:
-        return Unavailable(text, retry_after=retry_after_of(response.headers), status=status)
-    return cls(text, status=status)
+    return translate(
+        response, provider=PROVIDER_NAME, table=GOOGLE_ERROR_TABLE, reason=reason, message=message
+    )
+
+
+def reason_of(response: httpx2.Response) -> str | None:
+    return _google_reason(json_body(response))[0]
 
 
 # -- event payloads ------------------------------------------------------------------------------
@@ -156,12 +172,32 @@ def _rfc3339(moment: datetime, zone: tzinfo | None = None) -> str:
     return (moment.astimezone(zone) if zone is not None else moment).isoformat()
 
 
+def description_html(text: str) -> str:
+    """calsync's plain-text description as Google's HTML: escaped, one ``<br>`` per line."""
+    return "<br>".join(html.escape(line, quote=False) for line in text.split("\n"))
+
+
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def description_text(value: str) -> str:
+    """A Google description read back as the plain text calsync wrote."""
+    return html.unescape(_TAG.sub("", _BREAK.sub("\n", value)))
+
+
 def event_body(event: EventData) -> dict[str, Any]:
-    """The Google event resource for ``event`` (without id or status)."""
+    """The Google event resource for ``event`` (without id or status).
+
+    ``visibility`` ``private`` shows others who see the calendar only "busy" (Events resource,
+    ``visibility``). Reminders: ``reminders=False`` sends ``useDefault: false`` with no
+    overrides; ``True`` restores the calendar's default reminders; None leaves them alone.
+    """
     zone = _zone(event.timezone)
     body: dict[str, Any] = {
         "summary": event.title,
-        "description": event.description,
+        "description": description_html(event.description),
+        "visibility": "private" if event.private else "default",
         "start": {"dateTime": _rfc3339(event.start, zone), "timeZone": event.timezone},
         "end": {"dateTime": _rfc3339(event.end, zone), "timeZone": event.timezone},
         "extendedProperties": {"private": {TAG_PROPERTY: event.tag}},
@@ -169,7 +205,17 @@ def event_body(event: EventData) -> dict[str, Any]:
     if zone is None:  # an unknown zone name would make Google refuse the event: send UTC
         body["start"]["timeZone"] = body["end"]["timeZone"] = "UTC"
     body["location"] = event.location if event.location is not None else ""
+    if event.reminders is False:
+        body["reminders"] = {"useDefault": False, "overrides": []}
+    elif event.reminders is True:
+        body["reminders"] = {"useDefault": True}
     return body
+
+
+def _tag_of(item: dict[str, Any]) -> str | None:
+    private = (item.get("extendedProperties") or {}).get("private") or {}
+    tag = private.get(TAG_PROPERTY) if isinstance(private, dict) else None
+    return tag if isinstance(tag, str) else None
 
 
 def _parse_time(value: Any, zone: tzinfo) -> datetime | None:
@@ -394,14 +440,12 @@ class GoogleCalendarProvider(CalendarProvider):
                 last = _parse_time(item.get("end"), zone)
                 if first is None or last is None or not (first < end and last > start):
                     continue
-                private = (item.get("extendedProperties") or {}).get("private") or {}
-                tag = private.get(TAG_PROPERTY) if isinstance(private, dict) else None
                 blocks.append(
                     BusyBlock(
                         start=first,
                         end=last,
                         event_id=item.get("id") if isinstance(item.get("id"), str) else None,
-                        tag=tag if isinstance(tag, str) else None,
+                        tag=_tag_of(item),
                     )
                 )
             token = page.get("nextPageToken")
@@ -409,32 +453,169 @@ class GoogleCalendarProvider(CalendarProvider):
                 return blocks
             params = dict(base_params, pageToken=token)
 
+    async def find_event_by_tag(self, calendar_id: str, tag: str) -> str | None:
+        """``events.list`` with ``privateExtendedProperty=calsync=TAG`` (live events only)."""
+        page = json_object(
+            await self._call_on_calendar(
+                calendar_id,
+                "GET",
+                self._events_url(calendar_id),
+                params={
+                    "privateExtendedProperty": f"{TAG_PROPERTY}={tag}",
+                    "maxResults": "10",
+                    "showDeleted": "false",
+                },
+            ),
+            PROVIDER_NAME,
+        )
+        for item in page.get("items") or ():
+            if (
+                isinstance(item, dict)
+                and isinstance(item.get("id"), str)
+                and item.get("status") != "cancelled"
+                and _tag_of(item) == tag
+            ):
+                return str(item["id"])
+        return None
+
+    async def list_tagged_events(
+        self, calendar_id: str, start: datetime, end: datetime
+    ) -> AsyncIterator[list[TaggedEvent]]:
+        """The window's events, 2,500 a page, keeping calsync's. ``privateExtendedProperty``
+        matches one ``key=value`` only ("propertyName=value", events.list), and calsync's tags
+        differ per visit, so the filter is applied here."""
+        base = {
+            "timeMin": _rfc3339(start),
+            "timeMax": _rfc3339(end),
+            "singleEvents": "true",
+            "maxResults": "2500",
+        }
+        params = dict(base)
+        while True:
+            page = json_object(
+                await self._call_on_calendar(
+                    calendar_id, "GET", self._events_url(calendar_id), params=params
+                ),
+                PROVIDER_NAME,
+            )
+            zone = _zone(str(page.get("timeZone") or "UTC")) or ZoneInfo("UTC")
+            found: list[TaggedEvent] = []
+            for item in page.get("items") or ():
+                if not isinstance(item, dict) or item.get("status") == "cancelled":
+                    continue
+                tagged = _tagged(item, zone)
+                if tagged is not None:
+                    found.append(tagged)
+            yield found
+            token = page.get("nextPageToken")
+            if not isinstance(token, str) or not token:
+                return
+            params = dict(base, pageToken=token)
+
+    # -- the calendar itself -------------------------------------------------------------------
+
+    async def calendar_problem(self, calendar_id: str) -> CalendarUnavailable | None:
+        """``CalendarUnavailable`` when the calendar is gone from the account's calendar list or
+        no longer writable; None when it is fine (so the failure was the event's)."""
+        url = f"{self.api_url}/users/me/calendarList/{quote(calendar_id, safe='')}"
+        try:
+            entry = json_object(await self._http.call("GET", url), PROVIDER_NAME)
+        except NotFound:
+            return CalendarUnavailable(
+                f"{PROVIDER_NAME}: the calendar is gone from the account", status=404
+            )
+        if entry.get("accessRole") not in WRITABLE_ROLES:
+            return CalendarUnavailable(
+                f"{PROVIDER_NAME}: the account can no longer write to the calendar", status=403
+            )
+        return None
+
+    async def _call_on_calendar(self, calendar_id: str, method: str, url: str, **kw: Any) -> Any:
+        """A call on the calendar's events collection: 404 means the calendar is gone."""
+        try:
+            return await self._http.call(method, url, **kw)
+        except NotFound as exc:
+            raise CalendarUnavailable(
+                f"{PROVIDER_NAME}: the calendar does not exist", status=exc.status
+            ) from None
+
+    def _refused(self, exc: ProviderError) -> bool:
+        """A 403 that is not throttling: read-only calendar, lost access, UI-deleted event."""
+        return isinstance(exc, PermissionDenied) and exc.status == 403
+
+    async def _explain(self, calendar_id: str, exc: ProviderError, *, event_level: bool) -> None:
+        """Raise what an event write's 404/403 means: the calendar's problem, or the event's."""
+        if isinstance(exc, NotFound | Gone) or self._refused(exc):
+            problem = await self.calendar_problem(calendar_id)
+            if problem is not None:
+                raise problem from None
+            if event_level and self._refused(exc):
+                raise Gone(
+                    f"{PROVIDER_NAME}: the event was deleted and cannot be changed"
+                ) from None
+        raise exc
+
     # -- writes --------------------------------------------------------------------------------
 
     async def create_event(self, calendar_id: str, event: EventData) -> str:
         event_id = event_id_for(event.key)
         body = dict(event_body(event), id=event_id)
-        response = await self._http.call(
-            "POST", self._events_url(calendar_id), json=body, accept=(409,)
-        )
+        try:
+            response = await self._http.call(
+                "POST", self._events_url(calendar_id), json=body, accept=(409,)
+            )
+        except NotFound:
+            raise CalendarUnavailable(
+                f"{PROVIDER_NAME}: the calendar does not exist", status=404
+            ) from None
+        except PermissionDenied as exc:
+            await self._explain(calendar_id, exc, event_level=False)
+            raise
         if response.status_code == 409:
+            if reason_of(response) in CONFLICT_REASONS:
+                raise google_error(response)
             return await self._restore(calendar_id, event_id, event)
         return self._answered_id(response, event_id)
 
     async def _restore(self, calendar_id: str, event_id: str, event: EventData) -> str:
-        """The id exists (live or cancelled): replace it with ``event``, confirmed."""
+        """The id exists (live or cancelled): replace it with ``event``, confirmed. An event
+        deleted in the Calendar UI refuses this (403), a purged one answers 404: the id is
+        taken for good (``EventIdTaken``)."""
         body = dict(event_body(event), status="confirmed")
-        response = await self._http.call("PUT", self._event_url(calendar_id, event_id), json=body)
+        try:
+            response = await self._http.call(
+                "PUT", self._event_url(calendar_id, event_id), json=body
+            )
+        except (NotFound, Gone) as exc:
+            raise EventIdTaken(
+                f"{PROVIDER_NAME}: the event id is taken by an event that was purged",
+                status=exc.status,
+            ) from None
+        except PermissionDenied as exc:
+            if not self._refused(exc):
+                raise
+            raise EventIdTaken(
+                f"{PROVIDER_NAME}: the event id is taken by an event deleted in Google Calendar",
+                status=exc.status,
+            ) from None
         return self._answered_id(response, event_id)
 
     async def update_event(self, calendar_id: str, event_id: str, event: EventData) -> str:
-        response = await self._http.call(
-            "PATCH", self._event_url(calendar_id, event_id), json=event_body(event)
-        )
+        try:
+            response = await self._http.call(
+                "PATCH", self._event_url(calendar_id, event_id), json=event_body(event)
+            )
+        except (NotFound, Gone, PermissionDenied) as exc:
+            await self._explain(calendar_id, exc, event_level=True)
+            raise
         return self._checked_update(response, event_id)
 
     async def delete_event(self, calendar_id: str, event_id: str) -> None:
-        await self._http.call("DELETE", self._event_url(calendar_id, event_id))
+        try:
+            await self._http.call("DELETE", self._event_url(calendar_id, event_id))
+        except (NotFound, Gone, PermissionDenied) as exc:
+            await self._explain(calendar_id, exc, event_level=True)
+            raise
 
     @staticmethod
     def _answered_id(response: httpx2.Response, fallback: str) -> str:
@@ -472,6 +653,9 @@ class GoogleCalendarProvider(CalendarProvider):
             return "PATCH", path, event_body(op.event)
         return "DELETE", path, None
 
+    def _check(self, calendar_id: str, op: Operation) -> None:
+        self._batch_request(calendar_id, op)
+
     async def _send_batch(
         self, calendar_id: str, items: Sequence[tuple[int, Operation]]
     ) -> dict[int, httpx2.Response]:
@@ -494,17 +678,26 @@ class GoogleCalendarProvider(CalendarProvider):
         return by_id
 
     def _item_result(
-        self, op: Operation, response: httpx2.Response | None
-    ) -> OperationResult | None:
-        """The result of one answered item; ``None`` for a create that needs a restore."""
+        self, calendar_id: str, op: Operation, response: httpx2.Response | None
+    ) -> OperationResult | FollowUp:
+        """The result of one answered item, or the follow-up a create whose id exists needs
+        (restore with ``PUT``)."""
         if response is None:
             return OperationResult(
                 event_id=op.event_id,
                 error=Unavailable(f"{PROVIDER_NAME} batch answer left out an item"),
             )
         status = response.status_code
-        if op.kind == "create" and status == 409:
-            return None
+        if op.kind == "create" and status == 409 and reason_of(response) not in CONFLICT_REASONS:
+            event = op.event
+            assert event is not None
+
+            async def restore() -> OperationResult:
+                return OperationResult(
+                    await self._restore(calendar_id, event_id_for(event.key), event)
+                )
+
+            return restore
         if not 200 <= status < 300:
             return OperationResult(event_id=op.event_id, error=google_error(response))
         if op.kind == "create":
@@ -521,95 +714,69 @@ class GoogleCalendarProvider(CalendarProvider):
     async def batch(
         self, calendar_id: str, operations: Sequence[Operation]
     ) -> list[OperationResult]:
-        """Run the operations through the batch endpoint, ``batch_chunk`` per request.
+        """Run the operations through the batch endpoint, ``batch_chunk`` per request (the
+        shared loop of ``_http.run_batch``). A create whose id exists is restored with a
+        separate ``PUT``. Items answered 404/403 are explained once per call: when the calendar
+        is gone or read-only they fail with ``CalendarUnavailable``."""
+        results = await run_batch(
+            self._http,
+            operations,
+            chunk=self.batch_chunk,
+            check=lambda op: self._check(calendar_id, op),
+            send=lambda items: self._send_batch(calendar_id, items),
+            decode=lambda op, response: self._item_result(calendar_id, op, response),
+        )
+        return await self._explain_items(calendar_id, operations, results)
 
-        Items that fail with ``RateLimited``/``Unavailable`` are sent again (only they) within
-        the retry budget; what still fails is reported per item. A create whose id exists is
-        restored with a separate ``PUT``. A failure of the whole first request raises.
-        """
-        results: list[OperationResult | None] = [None] * len(operations)
-        for first in range(0, len(operations), self.batch_chunk):
-            indices = list(range(first, min(first + self.batch_chunk, len(operations))))
-            await self._batch_chunk(calendar_id, operations, indices, results)
-        final: list[OperationResult] = []
-        for result in results:
-            assert result is not None
-            final.append(result)
-        return final
+    async def _explain_items(
+        self, calendar_id: str, operations: Sequence[Operation], results: list[OperationResult]
+    ) -> list[OperationResult]:
+        suspects = [
+            i
+            for i, r in enumerate(results)
+            if r.error is not None
+            and (isinstance(r.error, NotFound | Gone) or self._refused(r.error))
+            and not isinstance(r.error, EventIdTaken)
+        ]
+        if not suspects:
+            return results
+        problem = await self.calendar_problem(calendar_id)
+        for i in suspects:
+            error = results[i].error
+            if problem is not None:
+                results[i] = OperationResult(event_id=results[i].event_id, error=problem)
+            elif operations[i].kind != "create" and error is not None and self._refused(error):
+                results[i] = OperationResult(
+                    event_id=results[i].event_id,
+                    error=Gone(f"{PROVIDER_NAME}: the event was deleted and cannot be changed"),
+                )
+        return results
 
-    async def _batch_chunk(
-        self,
-        calendar_id: str,
-        operations: Sequence[Operation],
-        indices: list[int],
-        results: list[OperationResult | None],
-    ) -> None:
-        pending = [i for i in indices if self._valid(operations[i], results, i)]
-        restore: list[int] = []
-        answered_once = False
-        refreshed = False
-        item_error: ProviderError | None = None
 
-        async def attempt() -> None:
-            nonlocal pending, answered_once, item_error, refreshed
-            answers = await self._send_batch(calendar_id, [(i, operations[i]) for i in pending])
-            answered_once = True
-            again: list[int] = []
-            expired: list[int] = []
-            worst: ProviderError | None = None
-            for i in pending:
-                result = self._item_result(operations[i], answers.get(i))
-                if result is None:
-                    restore.append(i)
-                    continue
-                results[i] = result
-                error = result.error
-                if isinstance(error, AuthExpired) and not refreshed:
-                    expired.append(i)
-                elif isinstance(error, RateLimited | Unavailable):
-                    again.append(i)
-                    worst = slower_error(worst, error)
-            if expired:
-                # The parts were refused with the current token: refresh once (ReauthRequired
-                # propagates) and send those parts again at once.
-                refreshed = True
-                await self._http.tokens.refresh()
-                pending = expired
-                await attempt()
-                pending = again + pending
-                return
-            pending = again
-            if worst is not None:
-                item_error = worst
-                raise worst
-
-        if pending:
-            try:
-                await self._http.retrying(attempt)
-            except ReauthRequired:
-                raise
-            except ProviderError as exc:
-                if exc is not item_error:
-                    if not answered_once:
-                        raise
-                    for i in pending:  # a later repeat failed as a whole: report it per item
-                        results[i] = OperationResult(event_id=operations[i].event_id, error=exc)
-        for i in restore:
-            op = operations[i]
-            assert op.event is not None
-            try:
-                restored = await self._restore(calendar_id, event_id_for(op.event.key), op.event)
-            except ReauthRequired:
-                raise
-            except ProviderError as exc:
-                results[i] = OperationResult(error=exc)
-            else:
-                results[i] = OperationResult(restored)
-
-    def _valid(self, op: Operation, results: list[OperationResult | None], index: int) -> bool:
-        try:
-            self._batch_request("primary", op)
-        except InvalidRequest as exc:
-            results[index] = OperationResult(event_id=op.event_id, error=exc)
-            return False
-        return True
+def _tagged(item: dict[str, Any], zone: tzinfo) -> TaggedEvent | None:
+    tag = _tag_of(item)
+    event_id = item.get("id")
+    if tag is None or not isinstance(event_id, str):
+        return None
+    first = _parse_time(item.get("start"), zone)
+    last = _parse_time(item.get("end"), zone)
+    if first is None or last is None:
+        return None
+    reminders = item.get("reminders")
+    reminders_on: bool | None = None
+    if isinstance(reminders, dict) and reminders.get("useDefault") is False:
+        reminders_on = bool(reminders.get("overrides"))
+    location = item.get("location")
+    etag = item.get("etag")
+    return TaggedEvent(
+        event_id=event_id,
+        tag=tag,
+        title=str(item.get("summary") or ""),
+        description=description_text(str(item.get("description") or "")),
+        location=location if isinstance(location, str) and location else None,
+        start=first,
+        end=last,
+        private=item.get("visibility") in ("private", "confidential"),
+        reminders_on=reminders_on,
+        version=etag if isinstance(etag, str) else None,
+    )

@@ -6,10 +6,25 @@ instead of a second one. It cannot be changed later, and Graph never "restores" 
 a create after a delete makes a new event. The engine gives every generation of a visit's event
 its own key (the key changes after a delete), so the new event gets a new transactionId.
 
-Times: ``start``/``end`` are the practice's local wall time (no offset) with the practice's IANA
-zone name as ``timeZone``, which Graph accepts alongside Windows zone names; the event then shows
-in the practice's zone and keeps its wall time over DST changes. An unknown zone name is sent as
-UTC instead. ``calendarView`` is read with ``Prefer: outlook.timezone="UTC"``.
+Times: ``start``/``end`` are the practice's local wall time (no offset) with the Windows name of
+the practice's zone as ``timeZone``. Graph takes "any of the time zones supported by Windows" and
+only a short list of IANA names (dateTimeTimeZone resource type): ``America/Detroit`` or
+``Etc/UTC`` answer ``TimeZoneNotSupportedException``. The IANA -> Windows map is CLDR's
+windowsZones data as ``tzlocal`` ships it; a zone it does not know is sent as UTC wall time.
+``calendarView`` is read with ``Prefer: outlook.timezone="UTC"``.
+
+Every call carries ``Prefer: IdType="ImmutableId"`` ("This header only applies to the request it
+is included with", Obtain immutable identifiers for Outlook resources): otherwise an event the
+user moves to another calendar gets a new id and calsync would create it again.
+
+Calendars shared with or delegated to the user report ``canEdit: true`` but writing to them
+needs ``Calendars.ReadWrite.Shared`` ("events in all calendars the user has permissions to
+access ... delegate and shared calendars", Microsoft Graph permissions reference). calsync asks
+for ``Calendars.ReadWrite`` only, so ``list_calendars`` marks a calendar owned by someone else
+not writable: ``calendars select`` then refuses it instead of every write failing later.
+
+Each event is private (``sensitivity``) unless the filter says otherwise, and its reminder is off
+(``isReminderOn: false``) unless the reminders filter turns it on.
 
 The calsync tag is the single-value extended property ``TAG_PROPERTY_ID``. Busy time skips
 ``showAs`` ``free`` and ``workingElsewhere`` and cancelled events. ``$batch`` takes at most 20
@@ -19,29 +34,31 @@ requests; Outlook allows 4 concurrent requests per mailbox, which the session en
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx2
+from tzlocal.windows_tz import tz_win, win_tz
 
 from calsync_cli.providers._http import (
     DEFAULT_RETRY_BUDGET,
     ApiSession,
+    ErrorRule,
     SleepFunc,
     json_body,
     json_object,
-    one_line,
-    retry_after_of,
-    slower_error,
+    run_batch,
+    translate,
 )
 from calsync_cli.providers.base import (
     AuthExpired,
     BusyBlock,
     Calendar,
     CalendarProvider,
+    CalendarUnavailable,
     EventData,
     Gone,
     InvalidRequest,
@@ -51,7 +68,7 @@ from calsync_cli.providers.base import (
     PermissionDenied,
     ProviderError,
     RateLimited,
-    ReauthRequired,
+    TaggedEvent,
     TokenSource,
     Unavailable,
 )
@@ -66,6 +83,13 @@ TRANSACTION_NAMESPACE = uuid.UUID("9b7e4c2a-5d1f-4e8b-a3c6-0f2d8e71b5a4")
 TAG_PROPERTY_SET = "{4f9d2a3e-8c1b-4e57-9a60-3d2b7c5e1f08}"
 TAG_PROPERTY_ID = f"String {TAG_PROPERTY_SET} Name calsync"
 NOT_BUSY = frozenset({"free", "workingElsewhere"})
+#: on every call (see the module docstring)
+IMMUTABLE_IDS = 'IdType="ImmutableId"'
+#: events per page when listing calsync's own events
+TAGGED_PAGE = 500
+#: times in UTC, and the body as the text calsync sent (Graph answers HTML unless asked: event
+#: resource type, ``body``; ``Prefer: outlook.body-content-type``)
+TAGGED_PREFER = 'outlook.timezone="UTC", outlook.body-content-type="text"'
 
 
 def transaction_id_for(key: str) -> str:
@@ -75,18 +99,16 @@ def transaction_id_for(key: str) -> str:
 
 # -- error translation ---------------------------------------------------------------------------
 
-ErrorClass = type[ProviderError]
-
-#: (status or range, class): the first match wins.
-GRAPH_ERROR_TABLE: tuple[tuple[int | range, ErrorClass], ...] = (
-    (429, RateLimited),
-    (401, AuthExpired),
-    (403, PermissionDenied),
-    (404, NotFound),
-    (410, Gone),
-    (408, Unavailable),
-    (range(500, 600), Unavailable),
-    (range(400, 500), InvalidRequest),
+#: the first matching rule wins (Microsoft Graph error responses and resource types)
+GRAPH_ERROR_TABLE: tuple[ErrorRule, ...] = (
+    ErrorRule(429, None, RateLimited),
+    ErrorRule(401, None, AuthExpired),
+    ErrorRule(403, None, PermissionDenied),
+    ErrorRule(404, None, NotFound),
+    ErrorRule(410, None, Gone),
+    ErrorRule(408, None, Unavailable),
+    ErrorRule(range(500, 600), None, Unavailable),
+    ErrorRule(range(400, 500), None, InvalidRequest),
 )
 
 
@@ -108,24 +130,10 @@ def _graph_reason(data: Any) -> tuple[str | None, str | None]:
 
 def graph_error(response: httpx2.Response) -> ProviderError:
     """Translate a non-2xx Graph answer into a ``ProviderError`` (see ``GRAPH_ERROR_TABLE``)."""
-    status = response.status_code
     code, message = _graph_reason(json_body(response))
-    text = f"{PROVIDER_NAME}: HTTP {status}"
-    if code:
-        text += f" {code}"
-    if message:
-        text += f": {message}"
-    text = one_line(text)
-    cls: ErrorClass = InvalidRequest
-    for match, candidate in GRAPH_ERROR_TABLE:
-        if status == match if isinstance(match, int) else status in match:
-            cls = candidate
-            break
-    if cls is RateLimited:
-        return RateLimited(text, retry_after=retry_after_of(response.headers), status=status)
-    if cls is Unavailable:
-        return Unavailable(text, retry_after=retry_after_of(response.headers), status=status)
-    return cls(text, status=status)
+    return translate(
+        response, provider=PROVIDER_NAME, table=GRAPH_ERROR_TABLE, reason=code, message=message
+    )
 
 
 # -- event payloads ------------------------------------------------------------------------------
@@ -144,17 +152,32 @@ def _wall_time(moment: datetime, zone: tzinfo) -> str:
     return moment.astimezone(zone).replace(tzinfo=None).isoformat()
 
 
+def windows_zone(name: str) -> str | None:
+    """The Windows zone name Graph takes for an IANA zone (CLDR windowsZones), or None."""
+    if name in ("UTC", "Etc/UTC", "Etc/GMT", "Etc/Universal", "Etc/Zulu", "GMT", "Zulu"):
+        return "UTC"
+    windows = tz_win.get(name)
+    if windows is None:
+        zone = _zone(name)
+        key = getattr(zone, "key", None)
+        windows = tz_win.get(key) if isinstance(key, str) else None
+    return windows
+
+
 def event_body(event: EventData) -> dict[str, Any]:
     """The Graph event resource for ``event`` (without ``transactionId``)."""
     zone = _zone(event.timezone)
-    zone_name = event.timezone if zone is not None else "UTC"
-    zone = zone if zone is not None else UTC
+    zone_name = windows_zone(event.timezone) if zone is not None else None
+    if zone is None or zone_name is None:  # unknown to Graph: the same instant as UTC
+        zone, zone_name = UTC, "UTC"
     return {
         "subject": event.title,
         "body": {"contentType": "text", "content": event.description},
         "location": {"displayName": event.location or ""},
         "start": {"dateTime": _wall_time(event.start, zone), "timeZone": zone_name},
         "end": {"dateTime": _wall_time(event.end, zone), "timeZone": zone_name},
+        "sensitivity": "private" if event.private else "normal",
+        "isReminderOn": bool(event.reminders),
         "singleValueExtendedProperties": [{"id": TAG_PROPERTY_ID, "value": event.tag}],
     }
 
@@ -174,7 +197,8 @@ def _parse_time(value: Any) -> datetime | None:
         raw = f"{head}.{digits[:6]}{rest[len(digits) :]}"
     parsed = datetime.fromisoformat(raw)
     if parsed.tzinfo is None:
-        zone = _zone(str(value.get("timeZone") or "UTC")) or UTC
+        name = str(value.get("timeZone") or "UTC")
+        zone = _zone(name) or (_zone(win_tz[name]) if name in win_tz else None) or UTC
         parsed = parsed.replace(tzinfo=zone)
     return parsed
 
@@ -226,6 +250,7 @@ class OutlookCalendarProvider(CalendarProvider):
             retry_budget=retry_budget,
             sleep=sleep,
             max_concurrency=self.max_concurrency,
+            headers={"Prefer": IMMUTABLE_IDS},
             **extra,
         )
         self._account: str | None = None
@@ -260,24 +285,127 @@ class OutlookCalendarProvider(CalendarProvider):
     # -- reads ---------------------------------------------------------------------------------
 
     async def list_calendars(self) -> list[Calendar]:
-        items = await self._pages("/me/calendars", {"$top": "100"})
+        items = list(await self._pages("/me/calendars", {"$top": "100"}))
+        for item in items:
+            if item.get("isDefaultCalendar") and self._account is None:
+                address = _owner(item)
+                if address is not None:
+                    self._account = address
         calendars: list[Calendar] = []
         for item in items:
             if not isinstance(item.get("id"), str):
                 continue
-            if item.get("isDefaultCalendar") and self._account is None:
-                owner = item.get("owner")
-                if isinstance(owner, dict) and isinstance(owner.get("address"), str):
-                    self._account = owner["address"]
             calendars.append(
                 Calendar(
                     id=item["id"],
                     name=str(item.get("name") or item["id"]),
                     primary=bool(item.get("isDefaultCalendar", False)),
-                    writable=bool(item.get("canEdit", False)),
+                    writable=self._writable(item),
                 )
             )
         return calendars
+
+    def _writable(self, item: dict[str, Any]) -> bool:
+        """``canEdit``, except for a calendar someone else owns (shared or delegated): that
+        needs ``Calendars.ReadWrite.Shared``, which calsync does not hold."""
+        if not item.get("canEdit"):
+            return False
+        if item.get("isDefaultCalendar"):
+            return True
+        owner = _owner(item)
+        return owner is None or self._account is None or owner.lower() == self._account.lower()
+
+    async def calendar_problem(self, calendar_id: str) -> CalendarUnavailable | None:
+        """``CalendarUnavailable`` when the calendar is gone or calsync may not write to it;
+        None when it is fine (so the failure was the event's)."""
+        if self._account is None:
+            await self.account()
+        try:
+            item = json_object(
+                await self._http.call(
+                    "GET", self._url(f"/me/calendars/{quote(calendar_id, safe='')}")
+                ),
+                PROVIDER_NAME,
+            )
+        except NotFound:
+            return CalendarUnavailable(
+                f"{PROVIDER_NAME}: the calendar is gone from the mailbox", status=404
+            )
+        if not self._writable(item):
+            return CalendarUnavailable(
+                f"{PROVIDER_NAME}: calsync may not write to the calendar (read-only, shared or "
+                "delegated)",
+                status=403,
+            )
+        return None
+
+    async def _explain(self, calendar_id: str, exc: ProviderError, *, create: bool) -> None:
+        """Raise what a write's 404/403 means: the calendar's problem, or the event's."""
+        if isinstance(exc, PermissionDenied) or (create and isinstance(exc, NotFound)):
+            problem = await self.calendar_problem(calendar_id)
+            if problem is not None:
+                raise problem from None
+        elif isinstance(exc, NotFound):
+            problem = await self.calendar_problem(calendar_id)
+            if problem is not None and problem.status == 404:
+                raise problem from None
+        raise exc
+
+    async def find_event_by_tag(self, calendar_id: str, tag: str) -> str | None:
+        """One ``$filter`` on the tag's single-value extended property (Get
+        singleValueLegacyExtendedProperty: "apply an eq operator on the id property" and, for a
+        string, "eq" on ``value``)."""
+        value = tag.replace("'", "''")
+        params = {
+            "$filter": (
+                f"singleValueExtendedProperties/any(ep: ep/id eq '{TAG_PROPERTY_ID}'"
+                f" and ep/value eq '{value}')"
+            ),
+            "$select": "id",
+            "$top": "10",
+        }
+        try:
+            page = json_object(
+                await self._http.call(
+                    "GET", self._url(self._events_path(calendar_id)), params=params
+                ),
+                PROVIDER_NAME,
+            )
+        except (NotFound, PermissionDenied) as exc:
+            await self._explain(calendar_id, exc, create=True)
+            raise
+        for item in page.get("value") or ():
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                return str(item["id"])
+        return None
+
+    async def list_tagged_events(
+        self, calendar_id: str, start: datetime, end: datetime
+    ) -> AsyncIterator[list[TaggedEvent]]:
+        """``calendarView`` of the window, filtered on the tag property's id and expanded with
+        it, ``TAGGED_PAGE`` events a page."""
+        url: str | None = self._url(f"/me/calendars/{quote(calendar_id, safe='')}/calendarView")
+        query: dict[str, str] | None = {
+            "startDateTime": _graph_utc(start),
+            "endDateTime": _graph_utc(end),
+            "$top": str(TAGGED_PAGE),
+            "$filter": f"singleValueExtendedProperties/any(ep: ep/id eq '{TAG_PROPERTY_ID}')",
+            "$expand": f"singleValueExtendedProperties($filter=id eq '{TAG_PROPERTY_ID}')",
+        }
+        while url is not None:
+            page = json_object(
+                await self._http.call("GET", url, params=query, headers={"Prefer": TAGGED_PREFER}),
+                PROVIDER_NAME,
+            )
+            found: list[TaggedEvent] = []
+            for item in page.get("value") or ():
+                if isinstance(item, dict) and not item.get("isCancelled"):
+                    tagged = _tagged(item)
+                    if tagged is not None:
+                        found.append(tagged)
+            yield found
+            link = page.get("@odata.nextLink")
+            url, query = (link, None) if isinstance(link, str) and link else (None, None)
 
     async def account(self) -> str:
         """The default calendar owner's address (``/me`` when the calendar does not say)."""
@@ -324,22 +452,34 @@ class OutlookCalendarProvider(CalendarProvider):
     # -- writes --------------------------------------------------------------------------------
 
     async def create_event(self, calendar_id: str, event: EventData) -> str:
-        response = await self._http.call(
-            "POST", self._url(self._events_path(calendar_id)), json=create_body(event)
-        )
+        try:
+            response = await self._http.call(
+                "POST", self._url(self._events_path(calendar_id)), json=create_body(event)
+            )
+        except (NotFound, PermissionDenied) as exc:
+            await self._explain(calendar_id, exc, create=True)
+            raise
         return self._answered_id(response)
 
     async def update_event(self, calendar_id: str, event_id: str, event: EventData) -> str:
-        response = await self._http.call(
-            "PATCH", self._url(self._event_path(calendar_id, event_id)), json=event_body(event)
-        )
+        try:
+            response = await self._http.call(
+                "PATCH", self._url(self._event_path(calendar_id, event_id)), json=event_body(event)
+            )
+        except (NotFound, PermissionDenied) as exc:
+            await self._explain(calendar_id, exc, create=False)
+            raise
         data = json_body(response)
         if isinstance(data, dict) and data.get("isCancelled"):
             raise Gone(f"{PROVIDER_NAME}: the event was cancelled", status=response.status_code)
         return self._answered_id(response, fallback=event_id)
 
     async def delete_event(self, calendar_id: str, event_id: str) -> None:
-        await self._http.call("DELETE", self._url(self._event_path(calendar_id, event_id)))
+        try:
+            await self._http.call("DELETE", self._url(self._event_path(calendar_id, event_id)))
+        except (NotFound, PermissionDenied) as exc:
+            await self._explain(calendar_id, exc, create=False)
+            raise
 
     @staticmethod
     def _answered_id(response: httpx2.Response, fallback: str | None = None) -> str:
@@ -363,7 +503,7 @@ class OutlookCalendarProvider(CalendarProvider):
                 "id": request_id,
                 "method": "POST",
                 "url": self._events_path(calendar_id),
-                "headers": {"Content-Type": "application/json"},
+                "headers": {"Content-Type": "application/json", "Prefer": IMMUTABLE_IDS},
                 "body": create_body(op.event),
             }
         if op.event_id is None:
@@ -376,10 +516,15 @@ class OutlookCalendarProvider(CalendarProvider):
                 "id": request_id,
                 "method": "PATCH",
                 "url": url,
-                "headers": {"Content-Type": "application/json"},
+                "headers": {"Content-Type": "application/json", "Prefer": IMMUTABLE_IDS},
                 "body": event_body(op.event),
             }
-        return {"id": request_id, "method": "DELETE", "url": url}
+        return {
+            "id": request_id,
+            "method": "DELETE",
+            "url": url,
+            "headers": {"Prefer": IMMUTABLE_IDS},
+        }
 
     async def _send_batch(
         self, calendar_id: str, items: Sequence[tuple[int, Operation]]
@@ -426,64 +571,66 @@ class OutlookCalendarProvider(CalendarProvider):
     async def batch(
         self, calendar_id: str, operations: Sequence[Operation]
     ) -> list[OperationResult]:
-        """Run the operations through ``$batch``, 20 per request. Items throttled (429, with
-        their own Retry-After) or unavailable are sent again, only they, within the retry
-        budget; what still fails is reported per item. A failure of the first whole request
-        raises."""
-        results: list[OperationResult | None] = [None] * len(operations)
-        for first in range(0, len(operations), BATCH_LIMIT):
-            indices = list(range(first, min(first + BATCH_LIMIT, len(operations))))
-            await self._batch_chunk(calendar_id, operations, indices, results)
-        final: list[OperationResult] = []
-        for result in results:
-            assert result is not None
-            final.append(result)
-        return final
+        """Run the operations through ``$batch``, 20 per request, with the shared loop of
+        ``_http.run_batch``: ``$batch`` answers 200 with a status per request, so an item's 401
+        refreshes the token and repeats those items at once, and throttled items (429, with
+        their own Retry-After) are repeated after a wait. Items answered 404/403 are explained
+        once: when the calendar is gone or calsync may not write to it, ``CalendarUnavailable``.
+        """
+        results = await run_batch(
+            self._http,
+            operations,
+            chunk=BATCH_LIMIT,
+            check=lambda op: self._check(calendar_id, op),
+            send=lambda items: self._send_batch(calendar_id, items),
+            decode=self._item_result,
+        )
+        suspects = [
+            i
+            for i, r in enumerate(results)
+            if isinstance(r.error, PermissionDenied)
+            or (isinstance(r.error, NotFound) and operations[i].kind == "create")
+        ]
+        if suspects:
+            problem = await self.calendar_problem(calendar_id)
+            if problem is not None:
+                for i in suspects:
+                    results[i] = OperationResult(event_id=results[i].event_id, error=problem)
+        return results
 
-    async def _batch_chunk(
-        self,
-        calendar_id: str,
-        operations: Sequence[Operation],
-        indices: list[int],
-        results: list[OperationResult | None],
-    ) -> None:
-        pending: list[int] = []
-        for i in indices:
-            try:
-                self._batch_request(str(i), calendar_id, operations[i])
-            except InvalidRequest as exc:
-                results[i] = OperationResult(event_id=operations[i].event_id, error=exc)
-            else:
-                pending.append(i)
-        answered_once = False
-        item_error: ProviderError | None = None
+    def _check(self, calendar_id: str, op: Operation) -> None:
+        self._batch_request("0", calendar_id, op)
 
-        async def attempt() -> None:
-            nonlocal pending, answered_once, item_error
-            answers = await self._send_batch(calendar_id, [(i, operations[i]) for i in pending])
-            answered_once = True
-            again: list[int] = []
-            worst: ProviderError | None = None
-            for i in pending:
-                result = self._item_result(operations[i], answers.get(i))
-                results[i] = result
-                if isinstance(result.error, RateLimited | Unavailable):
-                    again.append(i)
-                    worst = slower_error(worst, result.error)
-            pending = again
-            if worst is not None:
-                item_error = worst
-                raise worst
 
-        if not pending:
-            return
-        try:
-            await self._http.retrying(attempt)
-        except ReauthRequired:
-            raise
-        except ProviderError as exc:
-            if exc is not item_error:
-                if not answered_once:
-                    raise
-                for i in pending:
-                    results[i] = OperationResult(event_id=operations[i].event_id, error=exc)
+def _owner(item: dict[str, Any]) -> str | None:
+    owner = item.get("owner")
+    if isinstance(owner, dict) and isinstance(owner.get("address"), str):
+        return str(owner["address"])
+    return None
+
+
+def _tagged(item: dict[str, Any]) -> TaggedEvent | None:
+    tag = _tag_of(item)
+    event_id = item.get("id")
+    if tag is None or not isinstance(event_id, str):
+        return None
+    first, last = _parse_time(item.get("start")), _parse_time(item.get("end"))
+    if first is None or last is None:
+        return None
+    body = item.get("body")
+    content = body.get("content") if isinstance(body, dict) else None
+    location = item.get("location")
+    place = location.get("displayName") if isinstance(location, dict) else None
+    change_key = item.get("changeKey")
+    return TaggedEvent(
+        event_id=event_id,
+        tag=tag,
+        title=str(item.get("subject") or ""),
+        description=content if isinstance(content, str) else "",
+        location=place if isinstance(place, str) and place else None,
+        start=first,
+        end=last,
+        private=item.get("sensitivity") in ("private", "confidential"),
+        reminders_on=bool(item.get("isReminderOn")),
+        version=change_key if isinstance(change_key, str) else None,
+    )

@@ -10,7 +10,11 @@
 ``POST /_sandbox/faults``             ``{app, email, action, ...}``; action is one of fail_next
                                       (n, status, reason, retry_after), drop_next (n), latency
                                       (seconds), expire_access_tokens, revoke_grant,
-                                      invalidate_sync_tokens, clear
+                                      invalidate_sync_tokens, clear, delete_calendar
+                                      (calendar), set_writable (calendar, writable),
+                                      delete_in_ui (calendar, event, purge?), move_event
+                                      (event, to) -> {rest_id}, forget_transactions,
+                                      calendar_burst (writes or null)
 ``POST /_sandbox/latency``            ``{seconds}``: the global latency
 ``GET  /_sandbox/stats``              counters; ``POST /_sandbox/stats/reset`` clears them
 ``GET  /_sandbox/revocations``        ``?app&email`` -> ``{revocations}``
@@ -116,6 +120,21 @@ def _route(sb: Sandbox, req: Request, segs: list[str]) -> Response:
             faults.invalidate_sync_tokens()
         elif action == "clear":
             faults.clear()
+        elif action == "delete_calendar":
+            faults.delete_calendar(str(_need(data, "calendar")[0]))
+        elif action == "set_writable":
+            faults.set_writable(str(_need(data, "calendar")[0]), bool(data.get("writable")))
+        elif action == "delete_in_ui":
+            calendar, event = _need(data, "calendar", "event")
+            faults.delete_in_ui(str(calendar), str(event), purge=bool(data.get("purge", False)))
+        elif action == "move_event":
+            event, target = _need(data, "event", "to")
+            return json_response(200, {"rest_id": faults.move_event(str(event), str(target))})
+        elif action == "forget_transactions":
+            faults.forget_transactions()
+        elif action == "calendar_burst":
+            writes = data.get("writes")
+            faults.calendar_burst(int(writes) if writes is not None else None)
         else:
             raise ValueError(f"unknown action {action!r}")
         return json_response(200, {"ok": True})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from html import escape
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tzlocal.windows_tz import win_tz
 
 JSON = dict[str, Any]
 
@@ -129,13 +130,20 @@ def redirect(location: str) -> Response:
     return Response(302, b"", [("Location", location)])
 
 
+def prefers(req: Request) -> dict[str, str]:
+    """The request's ``Prefer`` preferences (RFC 7240): name (lower case) -> value, unquoted.
+    Several may come in one header, comma-separated."""
+    out: dict[str, str] = {}
+    for piece in req.headers.get("prefer", "").split(","):
+        name, _, value = piece.strip().partition("=")
+        if name.strip():
+            out[name.strip().lower()] = value.strip().strip('"')
+    return out
+
+
 def with_query(base: str, params: dict[str, str]) -> str:
     sep = "&" if "?" in base else "?"
     return f"{base}{sep}{urlencode(params)}"
-
-
-def new_token(prefix: str = "", nbytes: int = 32) -> str:
-    return prefix + secrets.token_urlsafe(nbytes)
 
 
 def s256(verifier: str) -> str:
@@ -155,80 +163,136 @@ def rfc3339_ms(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
-def rfc3339_s(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def graph_stamp(value: datetime) -> str:
     """Graph's style: ``2026-01-02T03:04:05.6789012Z``."""
     value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond:06d}0Z"
 
 
-# The Windows zone names Graph accepts beside IANA names (the common ones).
-WINDOWS_ZONES: dict[str, str] = {
-    "UTC": "UTC",
-    "Dateline Standard Time": "Etc/GMT+12",
-    "Hawaiian Standard Time": "Pacific/Honolulu",
-    "Alaskan Standard Time": "America/Anchorage",
-    "Pacific Standard Time": "America/Los_Angeles",
-    "Pacific Standard Time (Mexico)": "America/Tijuana",
-    "US Mountain Standard Time": "America/Phoenix",
-    "Mountain Standard Time": "America/Denver",
-    "Mountain Standard Time (Mexico)": "America/Mazatlan",
-    "Central America Standard Time": "America/Guatemala",
-    "Central Standard Time": "America/Chicago",
-    "Central Standard Time (Mexico)": "America/Mexico_City",
-    "Canada Central Standard Time": "America/Regina",
-    "SA Pacific Standard Time": "America/Bogota",
-    "Eastern Standard Time": "America/New_York",
-    "Eastern Standard Time (Mexico)": "America/Cancun",
-    "US Eastern Standard Time": "America/Indianapolis",
-    "Venezuela Standard Time": "America/Caracas",
-    "Atlantic Standard Time": "America/Halifax",
-    "SA Western Standard Time": "America/La_Paz",
-    "Pacific SA Standard Time": "America/Santiago",
-    "Newfoundland Standard Time": "America/St_Johns",
-    "E. South America Standard Time": "America/Sao_Paulo",
-    "Argentina Standard Time": "America/Buenos_Aires",
-    "Greenland Standard Time": "America/Godthab",
-    "Azores Standard Time": "Atlantic/Azores",
-    "GMT Standard Time": "Europe/London",
-    "Greenwich Standard Time": "Atlantic/Reykjavik",
-    "W. Europe Standard Time": "Europe/Berlin",
-    "Central Europe Standard Time": "Europe/Budapest",
-    "Romance Standard Time": "Europe/Paris",
-    "Central European Standard Time": "Europe/Warsaw",
-    "W. Central Africa Standard Time": "Africa/Lagos",
-    "GTB Standard Time": "Europe/Bucharest",
-    "E. Europe Standard Time": "Europe/Chisinau",
-    "Egypt Standard Time": "Africa/Cairo",
-    "South Africa Standard Time": "Africa/Johannesburg",
-    "FLE Standard Time": "Europe/Kiev",
-    "Israel Standard Time": "Asia/Jerusalem",
-    "Turkey Standard Time": "Europe/Istanbul",
-    "Russian Standard Time": "Europe/Moscow",
-    "Arab Standard Time": "Asia/Riyadh",
-    "Arabian Standard Time": "Asia/Dubai",
-    "Iran Standard Time": "Asia/Tehran",
-    "Pakistan Standard Time": "Asia/Karachi",
-    "India Standard Time": "Asia/Calcutta",
-    "Nepal Standard Time": "Asia/Katmandu",
-    "Bangladesh Standard Time": "Asia/Dhaka",
-    "SE Asia Standard Time": "Asia/Bangkok",
-    "China Standard Time": "Asia/Shanghai",
-    "Singapore Standard Time": "Asia/Singapore",
-    "Taipei Standard Time": "Asia/Taipei",
-    "W. Australia Standard Time": "Australia/Perth",
-    "Tokyo Standard Time": "Asia/Tokyo",
-    "Korea Standard Time": "Asia/Seoul",
-    "Cen. Australia Standard Time": "Australia/Adelaide",
-    "AUS Central Standard Time": "Australia/Darwin",
-    "E. Australia Standard Time": "Australia/Brisbane",
-    "AUS Eastern Standard Time": "Australia/Sydney",
-    "Tasmania Standard Time": "Australia/Hobart",
-    "New Zealand Standard Time": "Pacific/Auckland",
-}
+# Windows zone names -> IANA, CLDR's windowsZones "001" (territory-neutral) mapping as tzlocal
+# ships it (unicode-org/cldr common/supplemental/windowsZones.xml).
+WINDOWS_ZONES: dict[str, str] = dict(win_tz)
+
+# The IANA names Graph's ``dateTimeTimeZone.timeZone`` takes beside Windows names: the list under
+# "Additional time zones" of the dateTimeTimeZone resource type (Microsoft Graph v1.0 reference,
+# learn.microsoft.com/graph/api/resources/datetimetimezone). Anything else answers 400
+# ``TimeZoneNotSupportedException``. The reference names "Europe/Kyiv (Kiev)", "Asia/Toshkent
+# (Tashkent)", "Asia/Astana (Almaty)" and "Asia/Yangon (Rangoon)"; both spellings are kept.
+GRAPH_IANA_ZONES: frozenset[str] = frozenset(
+    [
+        "Etc/GMT+12",
+        "Etc/GMT+11",
+        "Pacific/Honolulu",
+        "America/Anchorage",
+        "America/Santa_Isabel",
+        "America/Los_Angeles",
+        "America/Phoenix",
+        "America/Chihuahua",
+        "America/Denver",
+        "America/Guatemala",
+        "America/Chicago",
+        "America/Mexico_City",
+        "America/Regina",
+        "America/Bogota",
+        "America/New_York",
+        "America/Indiana/Indianapolis",
+        "America/Caracas",
+        "America/Asuncion",
+        "America/Halifax",
+        "America/Cuiaba",
+        "America/La_Paz",
+        "America/Santiago",
+        "America/St_Johns",
+        "America/Sao_Paulo",
+        "America/Argentina/Buenos_Aires",
+        "America/Cayenne",
+        "America/Godthab",
+        "America/Montevideo",
+        "America/Bahia",
+        "Etc/GMT+2",
+        "Atlantic/Azores",
+        "Atlantic/Cape_Verde",
+        "Africa/Casablanca",
+        "Etc/GMT",
+        "Europe/London",
+        "Atlantic/Reykjavik",
+        "Europe/Berlin",
+        "Europe/Budapest",
+        "Europe/Paris",
+        "Europe/Warsaw",
+        "Africa/Lagos",
+        "Africa/Windhoek",
+        "Europe/Bucharest",
+        "Asia/Beirut",
+        "Africa/Cairo",
+        "Asia/Damascus",
+        "Africa/Johannesburg",
+        "Europe/Kyiv",
+        "Europe/Kiev",
+        "Europe/Istanbul",
+        "Asia/Jerusalem",
+        "Asia/Amman",
+        "Asia/Baghdad",
+        "Europe/Kaliningrad",
+        "Asia/Riyadh",
+        "Africa/Nairobi",
+        "Asia/Tehran",
+        "Asia/Dubai",
+        "Asia/Baku",
+        "Europe/Moscow",
+        "Indian/Mauritius",
+        "Asia/Tbilisi",
+        "Asia/Yerevan",
+        "Asia/Kabul",
+        "Asia/Karachi",
+        "Asia/Toshkent",
+        "Asia/Tashkent",
+        "Asia/Kolkata",
+        "Asia/Colombo",
+        "Asia/Kathmandu",
+        "Asia/Astana",
+        "Asia/Almaty",
+        "Asia/Dhaka",
+        "Asia/Yekaterinburg",
+        "Asia/Yangon",
+        "Asia/Rangoon",
+        "Asia/Bangkok",
+        "Asia/Novosibirsk",
+        "Asia/Shanghai",
+        "Asia/Krasnoyarsk",
+        "Asia/Singapore",
+        "Australia/Perth",
+        "Asia/Taipei",
+        "Asia/Ulaanbaatar",
+        "Asia/Irkutsk",
+        "Asia/Tokyo",
+        "Asia/Seoul",
+        "Australia/Adelaide",
+        "Australia/Darwin",
+        "Australia/Brisbane",
+        "Australia/Sydney",
+        "Pacific/Port_Moresby",
+        "Australia/Hobart",
+        "Asia/Yakutsk",
+        "Pacific/Guadalcanal",
+        "Asia/Vladivostok",
+        "Pacific/Auckland",
+        "Etc/GMT-12",
+        "Pacific/Fiji",
+        "Asia/Magadan",
+        "Pacific/Tongatapu",
+        "Pacific/Apia",
+        "Pacific/Kiritimati",
+    ]
+)
+
+
+def graph_zone(name: str) -> tzinfo | None:
+    """A ``timeZone`` Graph accepts on create/update (a Windows name, or one of its few IANA
+    names), as a tzinfo; None for anything Graph refuses."""
+    if name in WINDOWS_ZONES or name in GRAPH_IANA_ZONES:
+        return zone(name)
+    return None
 
 
 def zone(name: str) -> tzinfo | None:
@@ -298,6 +362,3 @@ def merge_busy(
         else:
             merged.append((s, e))
     return merged
-
-
-ONE_HOUR = timedelta(hours=1)

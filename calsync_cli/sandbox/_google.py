@@ -102,6 +102,8 @@ READ_ONLY_FIELDS = {
     "id",
 }
 MAX_BATCH = 1000
+#: a header the sandbox puts on a batch's inner requests (never sent by clients)
+BATCH_MARK = "x-sandbox-in-batch"
 MAX_FREEBUSY = 50
 API_PREFIX = "/google/calendar/v3"
 
@@ -363,7 +365,40 @@ class GoogleService:
         transparency = body.get("transparency", "opaque")
         if transparency not in ("opaque", "transparent"):
             return gerror(400, "invalid", "Invalid value for: transparency")
+        # Events resource: visibility is default, public, private or confidential
+        if body.get("visibility", "default") not in (
+            "default",
+            "public",
+            "private",
+            "confidential",
+        ):
+            return gerror(400, "invalid", "Invalid value for: visibility")
+        reminders = body.get("reminders")
+        if reminders is not None:
+            if not isinstance(reminders, dict):
+                return gerror(400, "invalid", "Invalid value for: reminders")
+            if reminders.get("useDefault") and reminders.get("overrides"):
+                return gerror(
+                    400,
+                    "cannotUseDefaultRemindersAndSpecifyOverride",
+                    "Cannot specify both default reminders and overrides at the same time.",
+                )
         return None
+
+    def _burst(self, call: Call, cal: CalendarRec) -> Response | None:
+        """The per-calendar write limit inside one batch request (``Faults.calendar_burst``):
+        Google's "operational limits ... if you attempt to write to a single calendar in quick
+        succession" (Calendar API, Manage quotas), answered as 403 rateLimitExceeded (Handle API
+        errors). Inner calls of a batch run at once, so one batch is one burst."""
+        limit = call.account.write_burst
+        if limit is None or call.req.headers.get(BATCH_MARK) is None:
+            return None
+        cal.burst_writes += 1
+        if cal.burst_writes <= limit:
+            return None
+        with self.state.lock:
+            self.state.stats.throttled[("google", call.account.email)] += 1
+        return gerror(403, "rateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits")
 
     def _touch(self, ev: EventRec, *, times_changed: bool) -> None:
         stamp = now()
@@ -420,11 +455,14 @@ class GoogleService:
             return gerror(400, "parseError", "Parse Error")
         if not cal.writable:
             return self._read_only(cal)
+        burst = self._burst(call, cal)
+        if burst is not None:
+            return burst
         event_id = body.get("id")
         if event_id is not None:
             if not isinstance(event_id, str) or not EVENT_ID.match(event_id):
                 return gerror(400, "invalid", "Invalid resource id value.")
-            if event_id in cal.events:
+            if event_id in cal.events or event_id in cal.purged:
                 return gerror(409, "duplicate", "The requested identifier already exists.")
         else:
             event_id = "".join(
@@ -483,6 +521,13 @@ class GoogleService:
             return not_found()
         if not cal.writable:
             return self._read_only(cal)
+        if ev.ui_deleted:
+            # Deleted in the Calendar UI: neither PATCH nor PUT brings it back, the API answers
+            # 403 Forbidden (google-api-ruby-client#1811, google-api-python-client#846).
+            return gerror(403, "forbidden", "Forbidden")
+        burst = self._burst(call, cal)
+        if burst is not None:
+            return burst
         old = ev.data
         if replace:
             new: JSON = {k: v for k, v in old.items() if k in READ_ONLY_FIELDS}
@@ -522,6 +567,9 @@ class GoogleService:
             return self._read_only(cal)
         if ev.deleted:
             return gerror(410, "deleted", "Resource has been deleted")
+        burst = self._burst(call, cal)
+        if burst is not None:
+            return burst
         ev.deleted = True
         ev.data["status"] = "cancelled"
         self._touch(ev, times_changed=False)
@@ -775,6 +823,10 @@ class GoogleService:
             )
         with self.state.lock:
             self.state.stats.batches["google"] += 1
+            for (app, _), rec in self.state.accounts.items():
+                if app == "google":
+                    for cal in rec.calendars.values():
+                        cal.burst_writes = 0
         calls: list[tuple[str, Request | None]] = []
         for headers, payload in parts:
             cid = headers.get("content-id", "")
@@ -1063,6 +1115,8 @@ def _parse_inner_request(payload: bytes, outer: Request) -> Request | None:
     elif not target.startswith(API_PREFIX):
         target = API_PREFIX + "/__unknown__" + target
     headers = _header_dict(lines[1:])
+    headers.pop(BATCH_MARK, None)
+    headers[BATCH_MARK] = "1"
     if "authorization" not in headers and "authorization" in outer.headers:
         headers["authorization"] = outer.headers["authorization"]
     return Request.from_target(method, target, headers, body.strip())

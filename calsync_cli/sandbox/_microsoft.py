@@ -21,13 +21,14 @@ from calsync_cli.sandbox._core import (
     empty_response,
     error_page,
     graph_stamp,
+    graph_zone,
     json_response,
     now,
     overlaps,
     parse_instant,
+    prefers,
     redirect,
     with_query,
-    zone,
 )
 from calsync_cli.sandbox._pipeline import Call, Route, run_call
 from calsync_cli.sandbox._state import (
@@ -40,6 +41,7 @@ from calsync_cli.sandbox._state import (
     EventRec,
     FailSpec,
     State,
+    graph_event_ids,
 )
 
 GRAPH_PREFIX = "/microsoft/graph/v1.0"
@@ -47,6 +49,11 @@ MAX_BATCH = 20
 RESERVED_SCOPES = {"offline_access", "openid", "profile", "email"}
 READ_SCOPES = {"calendars.read", "calendars.readwrite", "calendars.readbasic"}
 WRITE_SCOPES = {"calendars.readwrite"}
+#: writing to a calendar shared with or delegated to the user needs this scope ("Allows the app
+#: to create, read, update, and delete events in all calendars the user has permissions to
+#: access. This includes delegate and shared calendars.", Microsoft Graph permissions reference)
+SHARED_WRITE_SCOPES = {"calendars.readwrite.shared"}
+SENSITIVITY = {"normal", "personal", "private", "confidential"}
 NOT_FOUND_MSG = "The specified object was not found in the store."
 ACCESS_DENIED_MSG = "Access is denied. Check credentials and try again."
 SVEP = "singleValueExtendedProperties"
@@ -302,19 +309,27 @@ class MicrosoftService:
             return gerr(400, "ErrorInvalidIdMalformed", "Id is malformed.")
         return item_not_found()
 
+    @staticmethod
+    def _event_in(cal: CalendarRec, event_id: str) -> EventRec | None:
+        """An event by its immutable id (the key) or its current REST id."""
+        ev = cal.events.get(event_id)
+        if ev is None:
+            ev = next((e for e in cal.events.values() if e.rest_id == event_id), None)
+        return ev if ev is not None and not ev.deleted else None
+
     def _find_event(self, call: Call) -> tuple[CalendarRec, EventRec] | Response:
         event_id = call.params["event"]
         if call.params.get("cal") == "*":
             for cal in call.account.calendars.values():
-                ev = cal.events.get(event_id)
-                if ev is not None and not ev.deleted:
+                ev = self._event_in(cal, event_id)
+                if ev is not None:
                     return cal, ev
         else:
             found = self._calendar(call)
             if isinstance(found, Response):
                 return found
-            ev = found.events.get(event_id)
-            if ev is not None and not ev.deleted:
+            ev = self._event_in(found, event_id)
+            if ev is not None:
                 return found, ev
         if not event_id.startswith("AAMk"):
             return gerr(400, "ErrorInvalidIdMalformed", "Id is malformed.")
@@ -335,11 +350,35 @@ class MicrosoftService:
             "defaultOnlineMeetingProvider": "teamsForBusiness" if not account.personal else "none",
             "isTallyingResponses": True,
             "isRemovable": not cal.primary,
-            "owner": {"name": account.display_name, "address": account.email},
+            "owner": (
+                {"name": cal.shared_from, "address": cal.shared_from}
+                if cal.shared_from
+                else {"name": account.display_name, "address": account.email}
+            ),
         }
 
     def _event_out(self, req: Request, ev: EventRec) -> JSON:
         data = copy.deepcopy(ev.data)
+        prefer = prefers(req)
+        # The default id changes when the event moves; the immutable one only with the header
+        # (Obtain immutable identifiers for Outlook resources: "This header only applies to the
+        # request it is included with").
+        if prefer.get("idtype", "").lower() != "immutableid" and ev.rest_id:
+            data["id"] = ev.rest_id
+        # Prefer: outlook.timezone: start and end come back in that zone (event resource type)
+        out_zone_name = prefer.get("outlook.timezone")
+        out_zone = graph_zone(out_zone_name) if out_zone_name else None
+        if out_zone is not None and out_zone_name is not None:
+            for which in ("start", "end"):
+                value = data.get(which)
+                if isinstance(value, dict) and isinstance(value.get("dateTime"), str):
+                    moment = parse_instant(value["dateTime"], value.get("timeZone") or "UTC")
+                    if moment is not None:
+                        local = moment.astimezone(out_zone).replace(tzinfo=None)
+                        data[which] = {
+                            "dateTime": local.strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+                            "timeZone": out_zone_name,
+                        }
         props = data.pop(SVEP, None) or []
         expand = req.q("$expand")
         if expand:
@@ -369,7 +408,7 @@ class MicrosoftService:
             if not isinstance(value, dict) or not isinstance(value.get("dateTime"), str):
                 return gerr(400, "ErrorInvalidRequest", f"Invalid {which} dateTimeTimeZone.")
             tz = value.get("timeZone")
-            if not isinstance(tz, str) or zone(tz) is None:
+            if not isinstance(tz, str) or graph_zone(tz) is None:
                 return gerr(
                     400,
                     "TimeZoneNotSupportedException",
@@ -385,12 +424,30 @@ class MicrosoftService:
                 )
         if "showAs" in body and body["showAs"] not in SHOW_AS:
             return gerr(400, "RequestBodyRead", f"Invalid value for showAs: {body['showAs']}")
+        if "sensitivity" in body and body["sensitivity"] not in SENSITIVITY:
+            return gerr(
+                400, "RequestBodyRead", f"Invalid value for sensitivity: {body['sensitivity']}"
+            )
+        if "isReminderOn" in body and not isinstance(body["isReminderOn"], bool):
+            return gerr(400, "RequestBodyRead", "Invalid value for isReminderOn.")
         props = body.get(SVEP)
         props_ok = isinstance(props, list) and all(
             isinstance(p, dict) and isinstance(p.get("id"), str) and "value" in p for p in props
         )
         if props is not None and not props_ok:
             return gerr(400, "ErrorInvalidRequest", "Invalid singleValueExtendedProperties.")
+        return None
+
+    @staticmethod
+    def _write_denied(call: Call, cal: CalendarRec) -> Response | None:
+        """403 for a read-only calendar, and for a shared or delegated one unless the token
+        carries Calendars.ReadWrite.Shared (see ``SHARED_WRITE_SCOPES``)."""
+        if not cal.writable:
+            return access_denied()
+        if cal.shared_from:
+            scopes = {norm_scope(s) for s in call.token.scopes}
+            if not scopes & SHARED_WRITE_SCOPES:
+                return access_denied()
         return None
 
     @staticmethod
@@ -453,19 +510,25 @@ class MicrosoftService:
         body = _json_body(call.req)
         if not isinstance(body, dict):
             return gerr(400, "BadRequest", "Empty Payload. JSON content expected.")
-        if not cal.writable:
-            return access_denied()
+        denied = self._write_denied(call, cal)
+        if denied is not None:
+            return denied
         txn = body.get("transactionId")
         if isinstance(txn, str) and txn:
+            horizon = time.monotonic() - self.state.transaction_window
             for other in call.account.calendars.values():
                 for ev in other.events.values():
-                    if not ev.deleted and ev.data.get("transactionId") == txn:
+                    if (
+                        not ev.deleted
+                        and ev.data.get("transactionId") == txn
+                        and ev.txn_at >= horizon
+                    ):
                         return json_response(201, self._event_out(call.req, ev))
         invalid = self._validate(body, partial=False)
         if invalid is not None:
             return invalid
         stamp = now()
-        event_id = "AAMkAG" + secrets.token_urlsafe(96) + "="
+        event_id, rest_id = graph_event_ids()
         a = call.account
         data: JSON = {
             "@odata.context": self._context(a, f"calendars('{cal.id}')/events/$entity"),
@@ -512,7 +575,9 @@ class MicrosoftService:
             "organizer": {"emailAddress": {"name": a.display_name, "address": a.email}},
         }
         self._apply(data, body)
-        ev = EventRec(data=data, created_seq=self.state.tick())
+        ev = EventRec(
+            data=data, created_seq=self.state.tick(), rest_id=rest_id, txn_at=time.monotonic()
+        )
         self._touch(ev)
         cal.events[event_id] = ev
         return json_response(201, self._event_out(call.req, ev))
@@ -561,8 +626,9 @@ class MicrosoftService:
         body = _json_body(call.req)
         if not isinstance(body, dict):
             return gerr(400, "BadRequest", "Empty Payload. JSON content expected.")
-        if not cal.writable:
-            return access_denied()
+        denied = self._write_denied(call, cal)
+        if denied is not None:
+            return denied
         invalid = self._validate(body, partial=True)
         if invalid is not None:
             return invalid
@@ -580,8 +646,9 @@ class MicrosoftService:
         if isinstance(found, Response):
             return found
         cal, ev = found
-        if not cal.writable:
-            return access_denied()
+        denied = self._write_denied(call, cal)
+        if denied is not None:
+            return denied
         ev.deleted = True
         self._touch(ev)
         return empty_response(204)
@@ -772,9 +839,12 @@ class MicrosoftService:
         return run_call(self, self.state, req, take_slot=True)
 
     def batch(self, req: Request) -> Response:
-        token = self.state.authenticate("outlook", req.bearer())
-        if token is None:
-            return self.unauthorized(req, req.bearer() is not None)
+        # JSON batching: the $batch request answers 200 and each request inside it has its own
+        # status (Microsoft Graph, "Combine multiple requests in one HTTP call using JSON
+        # batching"). Each is authenticated on its own: an expired token shows as a 401 inside
+        # a 200 answer (msgraph-sdk-dotnet#2660). Without any bearer the call is refused whole.
+        if req.bearer() is None:
+            return self.unauthorized(req, False)
         body = _json_body(req)
         items = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:

@@ -81,6 +81,9 @@ def prepare(
         if account is None:
             return service.unauthorized(req, False)
         state.stats.requests[(service.app, account.email, req.method, route.kind)] += 1
+        if route.kind != "batch":
+            state.api_calls += 1
+            state.activity.notify_all()
         if in_batch:
             state.stats.batch_calls[(service.app, account.email)] += 1
         prepared = Prepared(route, token, account, state.latency + account.latency)

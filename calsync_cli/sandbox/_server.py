@@ -81,12 +81,93 @@ class Faults:
         return self
 
     def clear(self) -> Faults:
-        """Forget pending failures, drops and extra latency."""
+        """Forget pending failures, drops, extra latency and the write-burst limit."""
         with self._state.lock:
             rec = self._state.find(self._app, self._email)
             rec.fail_queue.clear()
             rec.drops = 0
             rec.latency = 0.0
+            rec.write_burst = None
+        return self
+
+    # -- what the account's owner does outside calsync, and account-level limits --------------
+
+    def _calendar(self, calendar_id: str) -> Any:
+        rec = self._state.find(self._app, self._email)
+        cal = rec.calendars.get(calendar_id)
+        if cal is None:
+            raise KeyError(f"no calendar {calendar_id} in {self._app} account {self._email}")
+        return rec, cal
+
+    def delete_calendar(self, calendar_id: str) -> Faults:
+        """The owner deletes (or unsubscribes from) the calendar: it answers 404 from now on."""
+        with self._state.lock:
+            rec, cal = self._calendar(calendar_id)
+            del rec.calendars[cal.id]
+        return self
+
+    def set_writable(self, calendar_id: str, writable: bool) -> Faults:
+        """The calendar's owner grants or withdraws the account's write access."""
+        with self._state.lock:
+            self._calendar(calendar_id)[1].writable = bool(writable)
+        return self
+
+    def delete_in_ui(self, calendar_id: str, event_id: str, *, purge: bool = False) -> Faults:
+        """Google: the owner deletes the event in the Calendar UI (``purge``: and empties the
+        bin). Its id stays taken (insert: 409 duplicate) but it cannot be restored (PUT/PATCH:
+        403, or 404 once purged), as google-api-python-client#846 and
+        google-api-ruby-client#1811 report."""
+        with self._state.lock:
+            _, cal = self._calendar(calendar_id)
+            ev = cal.events.get(event_id)
+            if ev is None:
+                raise KeyError(f"no event {event_id}")
+            if purge:
+                del cal.events[event_id]
+                cal.purged.add(event_id)
+            else:
+                ev.deleted = ev.ui_deleted = True
+                ev.data["status"] = "cancelled"
+                ev.mod = self._state.tick()
+        return self
+
+    def move_event(self, event_id: str, to_calendar: str) -> str:
+        """Outlook: the user moves the event to another calendar of the mailbox. Its REST id
+        changes; its immutable id does not (Obtain immutable identifiers for Outlook resources).
+        Answers the new REST id."""
+        from calsync_cli.sandbox._state import graph_event_ids
+
+        with self._state.lock:
+            rec = self._state.find(self._app, self._email)
+            target = rec.calendars.get(to_calendar)
+            if target is None:
+                raise KeyError(f"no calendar {to_calendar}")
+            for cal in rec.calendars.values():
+                for key, ev in list(cal.events.items()):
+                    if event_id in (key, ev.rest_id) and not ev.deleted:
+                        del cal.events[key]
+                        ev.rest_id = graph_event_ids()[1]
+                        ev.mod = self._state.tick()
+                        target.events[key] = ev
+                        return ev.rest_id
+        raise KeyError(f"no event {event_id}")
+
+    def forget_transactions(self) -> Faults:
+        """Outlook: every transactionId recorded so far is past Graph's (undocumented) window."""
+        with self._state.lock:
+            rec = self._state.find(self._app, self._email)
+            for cal in rec.calendars.values():
+                for ev in cal.events.values():
+                    ev.txn_at = float("-inf")
+        return self
+
+    def calendar_burst(self, writes: int | None) -> Faults:
+        """Google: at most ``writes`` writes to one calendar per batch request; the rest answer
+        403 rateLimitExceeded, Google's answer when a user writes "to a single calendar in quick
+        succession" (Calendar API, Manage quotas: operational limits; Handle API errors: 403
+        rateLimitExceeded). None lifts it."""
+        with self._state.lock:
+            self._state.find(self._app, self._email).write_burst = writes
         return self
 
 
@@ -364,6 +445,18 @@ class Sandbox:
     def stats(self) -> dict[str, Any]:
         with self._state.lock:
             return self._state.stats.to_json()
+
+    def api_calls(self) -> int:
+        """API calls answered so far (inner batch calls count; batch envelopes do not)."""
+        with self._state.lock:
+            return self._state.api_calls
+
+    def wait_for_api_calls(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` API calls were counted in all (False after ``timeout`` s)."""
+        with self._state.activity:
+            return self._state.activity.wait_for(
+                lambda: self._state.api_calls >= count, timeout=timeout
+            )
 
     def reset_stats(self) -> None:
         with self._state.lock:

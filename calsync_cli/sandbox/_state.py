@@ -26,6 +26,10 @@ GOOGLE_FULL_SCOPE = "https://www.googleapis.com/auth/calendar"
 GRAPH_DEFAULT_SCOPES = ("offline_access", "Calendars.ReadWrite", "User.Read")
 
 ACCESS_TOKEN_TTL = 3600.0
+#: how long Graph remembers a ``transactionId``. Graph documents the property only as avoiding
+#: "redundant POST operations in case of client retries" (event resource type), with no window:
+#: the sandbox keeps it for a short while and forgets it on ``Faults.forget_transactions``
+TRANSACTION_WINDOW = 600.0
 CODE_TTL = 600.0
 MAX_REFRESH_TOKENS = 100
 
@@ -44,6 +48,13 @@ class EventRec:
     deleted: bool = False
     mod: int = 0  # State.counter when last changed
     created_seq: int = 0
+    #: Google: deleted by its owner in the Calendar UI (see ``Faults.delete_in_ui``)
+    ui_deleted: bool = False
+    #: Graph: the default (REST) id, which changes when the event moves to another calendar;
+    #: the dict key is the immutable id (``Prefer: IdType="ImmutableId"``)
+    rest_id: str | None = None
+    #: Graph: when the transactionId was recorded (time.monotonic)
+    txn_at: float = 0.0
 
 
 @dataclass
@@ -53,14 +64,23 @@ class CalendarRec:
     primary: bool
     writable: bool
     events: dict[str, EventRec] = field(default_factory=dict)
+    #: Outlook: the owner's address when the calendar is shared with or delegated to the account
+    shared_from: str | None = None
+    #: Google: ids purged from the calendar (an insert still answers 409, a PUT 404)
+    purged: set[str] = field(default_factory=set)
+    #: Google: writes answered so far while ``write_burst`` is set (``Faults.calendar_burst``)
+    burst_writes: int = 0
 
     def public(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "primary": self.primary,
             "writable": self.writable,
         }
+        if self.shared_from:
+            out["shared_from"] = self.shared_from
+        return out
 
 
 @dataclass
@@ -83,6 +103,9 @@ class AccountRec:
     latency: float = 0.0
     sync_epoch: int = 0
     in_flight: int = 0
+    #: Google: at most this many writes to one calendar inside one batch request; the rest
+    #: answer 403 rateLimitExceeded (None: no limit). See ``Faults.calendar_burst``.
+    write_burst: int | None = None
 
     def primary(self) -> CalendarRec:
         for cal in self.calendars.values():
@@ -222,6 +245,9 @@ class State:
         retry_after: int,
     ) -> None:
         self.lock = threading.RLock()
+        #: notified (under ``lock``) whenever an API call is counted: tests wait on it
+        self.activity = threading.Condition(self.lock)
+        self.api_calls = 0
         self.latency = latency
         self.mailbox_concurrency = outlook_mailbox_concurrency
         self.auto_approve = auto_approve
@@ -240,6 +266,7 @@ class State:
         ] = {}  # token -> email, cal, epoch, mod
         self.page_tokens: dict[str, Any] = {}
         self.clients: dict[App, str] = {"google": GOOGLE_CLIENT_ID, "outlook": MICROSOFT_CLIENT_ID}
+        self.transaction_window = TRANSACTION_WINDOW
 
     # -- accounts -------------------------------------------------------------------------
     def tick(self) -> int:
@@ -277,7 +304,11 @@ class State:
                     cal_id = f"c_{secrets.token_hex(16)}@group.calendar.google.com"
                 else:
                     cal_id = _graph_id()
-                rec.calendars[cal_id] = CalendarRec(cal_id, name, False, writable)
+                cal = CalendarRec(cal_id, name, False, writable)
+                shared = extra.get("shared_from")
+                if app == "outlook" and isinstance(shared, str) and shared:
+                    cal.shared_from = shared
+                rec.calendars[cal_id] = cal
             self.accounts[key] = rec
             return rec
 
@@ -411,8 +442,15 @@ class State:
                 data = copy.deepcopy(ev.data)
                 if app == "outlook" and ev.deleted:
                     data["@sandbox.deleted"] = True
+                if app == "outlook" and ev.rest_id:
+                    data["@sandbox.rest_id"] = ev.rest_id
                 out.append(data)
             return out
+
+
+def graph_event_ids() -> tuple[str, str]:
+    """(immutable id, REST id) of a new Graph event, both in Exchange's opaque style."""
+    return "AAMkAG" + secrets.token_urlsafe(96) + "=", "AAMkAG" + secrets.token_urlsafe(96) + "="
 
 
 def _guid() -> str:

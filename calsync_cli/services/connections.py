@@ -34,8 +34,7 @@ from calsync_cli.auth import (
     sign_in,
 )
 from calsync_cli.config import Settings
-from calsync_cli.errors import CalsyncError, InputError, NotFoundError
-from calsync_cli.errors import ReauthRequired as ReauthRequiredError
+from calsync_cli.errors import CalsyncError, InputError, NotFoundError, ReauthRequired
 from calsync_cli.providers.base import (
     Calendar,
     CalendarProvider,
@@ -93,6 +92,18 @@ def disclosure_notice(provider_id: str, app: str) -> str:
         text += (
             " Patient names are included by default; to leave them out, run after connecting: "
             "calsync filters set ID --no-patient-name (ID is the integration id printed below)."
+        )
+    if probe.f_private:
+        text += (
+            " Events are marked private: people the calendar is shared with see only busy"
+            " (calsync filters set ID --no-private shows them the details)."
+        )
+    if app == "outlook":
+        text += " Reminders are off (calsync filters set ID --reminders turns them on)."
+    else:
+        text += (
+            " Events keep the calendar's default reminders (calsync filters set ID"
+            " --no-reminders turns them off)."
         )
     return text
 
@@ -262,7 +273,7 @@ def connect(
     )
     try:
         account, calendars = asyncio.run(_discover(settings, app, tokens))
-    except ReauthRequiredError:
+    except ReauthRequired:
         raise CalsyncError(
             f"{oauth.title} refused the token it has just issued",
             hint="Run the command again",
@@ -433,7 +444,7 @@ def _with_provider(
 
     try:
         return asyncio.run(run())
-    except ReauthRequiredError as exc:
+    except ReauthRequired as exc:
         mark_reconnect_needed(store, ref, now=now())
         if not exc.hint:
             exc.hint = reconnect_hint(ref.app, ref.provider_id)

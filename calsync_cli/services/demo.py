@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 import keyring
 import keyring.backend
 import keyring.errors
+from tzlocal.windows_tz import win_tz
 
 from calsync_cli.config import load_settings
 from calsync_cli.engine.worker import RunSummary, Worker
@@ -210,7 +211,8 @@ def _parse_time(value: Any) -> datetime:
         raw = f"{head}.{digits[:6]}{rest[len(digits) :]}"
     parsed = datetime.fromisoformat(raw)
     name = value.get("timeZone") or "UTC"
-    zone = UTC if name == "UTC" else ZoneInfo(name)
+    name = win_tz.get(name, name)  # Graph answers Windows zone names (CLDR windowsZones)
+    zone = UTC if name in ("UTC", "Etc/UTC") else ZoneInfo(name)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=zone)
     return parsed.astimezone(zone)

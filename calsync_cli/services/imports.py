@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from calsync_cli.engine.plan import Facts, wanted
 from calsync_cli.errors import ImportValidationError, InputError, StoreError
 from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import jobs
@@ -577,17 +578,21 @@ def _write_simple(
     if kind == "practices" and changed:
         # Practice name and location are in every event: re-render its upcoming visits.
         ids = [r["id"] for r in changed]
-        stmt = select(Visit.id, Visit.practice_id, Visit.provider_id).where(
-            col(Visit.practice_id).in_(ids), Visit.end >= now, Visit.status != "cancelled"
+        stmt = select(Visit.id, Visit.status, Visit.practice_id, Visit.provider_id).where(
+            col(Visit.practice_id).in_(ids), Visit.end >= now
         )
-        visits = list(session.exec(stmt))
+        visits = [(vid, Facts(status, pid, prov)) for vid, status, pid, prov in session.exec(stmt)]
         work = [
             (integ.id, vid, "upsert")
             for integ in store_integrations.pushing(session)
-            for vid, pid, prov in visits
-            if integ.id is not None and jobs.matches(integ, pid, prov)
+            for vid, facts in visits
+            if integ.id is not None and wanted(facts, integ)
         ]
         result.jobs_queued = jobs.enqueue(session, work, now)
+
+
+def _facts(record: Mapping[str, Any]) -> Facts:
+    return Facts(record["status"], record["practice_id"], record["provider_id"])
 
 
 def _write_visits(
@@ -655,21 +660,19 @@ def _write_visits(
     integrations = [i for i in store_integrations.pushing(session) if i.id is not None]
     work: list[tuple[int, str, str]] = []
     if integrations:
+        # A new visit is queued where it is wanted (first seen cancelled: nowhere, there is no
+        # event to remove); a changed one where it is wanted now (upsert) or was wanted before
+        # (delete: cancelled, reassigned).
         for record in new:
-            if record["status"] == "cancelled":
-                continue  # first seen cancelled: there is no event to remove
+            facts = _facts(record)
             for integ in integrations:
-                if jobs.matches(integ, record["practice_id"], record["provider_id"]):
+                if wanted(facts, integ):
                     work.append((integ.id, record["id"], "upsert"))  # type: ignore[arg-type]
         for record in changed:
-            old = existing[record["id"]]
-            if record["status"] == "cancelled" and old.status == "cancelled":
-                continue  # still cancelled: its event is gone already
+            old, facts = existing[record["id"]], _facts(record)
             for integ in integrations:
-                now_match = jobs.matches(integ, record["practice_id"], record["provider_id"])
-                old_match = jobs.matches(integ, old.practice_id, old.provider_id)
-                if now_match and record["status"] != "cancelled":
+                if wanted(facts, integ):
                     work.append((integ.id, record["id"], "upsert"))  # type: ignore[arg-type]
-                elif now_match or old_match:
+                elif wanted(old, integ):
                     work.append((integ.id, record["id"], "delete"))  # type: ignore[arg-type]
     result.jobs_queued = jobs.enqueue(session, work, now)

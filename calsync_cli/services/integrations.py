@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from calsync_cli.engine.plan import Facts, wanted
 from calsync_cli.errors import InputError, NotFoundError
 from calsync_cli.store import audit, jobs
 from calsync_cli.store import integrations as store_integrations
@@ -123,6 +124,8 @@ def filters_of(integ: Integration) -> dict[str, Any]:
         "location": integ.f_location,
         "notes": integ.f_notes,
         "practice_name": integ.f_practice_name,
+        "private": integ.f_private,
+        "reminders": integ.f_reminders,
         "practices": list(integ.practice_filter),
         "providers": list(integ.provider_filter),
     }
@@ -157,6 +160,8 @@ class FilterChange:
     location: bool | None = None
     notes: bool | None = None
     practice_name: bool | None = None
+    private: bool | None = None
+    reminders: bool | None = None  # None: unchanged (the stored None means the app's default)
     practices: list[str] | None = None  # replaces the list; [] means all
     providers: list[str] | None = None
 
@@ -184,7 +189,7 @@ def set_filters(
                         hint=f"Import it with: calsync {label}s import FILE",
                     )
         before = filters_of(integ)
-        for flag in (*PRIVACY_FLAGS, "patient_name_format"):
+        for flag in (*PRIVACY_FLAGS, "patient_name_format", "private", "reminders"):
             value = getattr(change, flag)
             if value is not None:
                 setattr(integ, f"f_{flag}", value)
@@ -194,6 +199,9 @@ def set_filters(
             integ.provider_filter = sorted(set(change.providers))
         after = filters_of(integ)
         changed = sorted(k for k in after if after[k] != before[k])
+        if changed:
+            # links rendered under an older version are stale (store.models.Integration)
+            integ.filter_version = (integ.filter_version or 0) + 1
         session.add(integ)
         queued = 0
         if changed:
@@ -229,7 +237,7 @@ def requeue_upcoming(session: Session, integ: Integration, *, now: datetime) -> 
     )
     work: list[tuple[int, str, str]] = []
     for vid, practice_id, provider_id, status in session.exec(stmt):
-        if status != "cancelled" and jobs.matches(integ, practice_id, provider_id):
+        if wanted(Facts(status, practice_id, provider_id), integ):
             work.append((integ.id, vid, "upsert"))
         elif vid in linked:
             work.append((integ.id, vid, "delete"))

@@ -47,6 +47,7 @@ def _v3_states_filters_render_inputs(conn: Connection) -> None:
     for ddl in (
         f"ALTER TABLE integration ADD COLUMN needs_reauth BOOLEAN NOT NULL DEFAULT {false}",
         "ALTER TABLE integration ADD COLUMN error_source VARCHAR",
+        f"ALTER TABLE integration ADD COLUMN needs_calendar BOOLEAN NOT NULL DEFAULT {false}",
         f"ALTER TABLE integration ADD COLUMN f_private BOOLEAN NOT NULL DEFAULT {true}",
         "ALTER TABLE integration ADD COLUMN f_reminders BOOLEAN",
         "ALTER TABLE integration ADD COLUMN filter_version INTEGER NOT NULL DEFAULT 0",

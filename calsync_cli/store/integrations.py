@@ -27,3 +27,24 @@ def pushing(session: Session) -> list[Integration]:
         col(Integration.direction).in_(("push", "two-way")),
     )
     return list(session.exec(stmt))
+
+
+def pulling(session: Session, *, include_paused: bool = True) -> list[Integration]:
+    """Integrations that read their calendar: pull or two-way, connected, calendar chosen."""
+    stmt = select(Integration).where(
+        col(Integration.direction).in_(("pull", "two-way")),
+        Integration.status != DISCONNECTED,
+        col(Integration.calendar_id).is_not(None),
+    )
+    if not include_paused:
+        stmt = stmt.where(Integration.paused == False)  # noqa: E712
+    return list(session.exec(stmt))
+
+
+def signed_in(session: Session) -> list[Integration]:
+    """Connected integrations whose sign-in is not known to be gone."""
+    stmt = select(Integration).where(
+        Integration.status != DISCONNECTED,
+        Integration.needs_reauth == False,  # noqa: E712
+    )
+    return list(session.exec(stmt))

@@ -17,10 +17,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from calsync_cli.store.models import (
+    JOB_FAILED,
     JOB_QUEUED,
     JOB_RUNNING,
     LIVE_JOB_STATES,
-    Integration,
     Job,
 )
 
@@ -32,13 +32,6 @@ _LIVE_WHERE = sa.text("state IN ('queued', 'running', 'held')")
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def matches(integration: Integration, practice_id: str, provider_id: str) -> bool:
-    """Whether a visit of this practice and provider belongs on the integration's calendar."""
-    if integration.practice_filter and practice_id not in integration.practice_filter:
-        return False
-    return not (integration.provider_filter and provider_id not in integration.provider_filter)
 
 
 def enqueue(session: Session, work: Sequence[tuple[int, str, str]], now: datetime) -> int:
@@ -84,6 +77,16 @@ def enqueue(session: Session, work: Sequence[tuple[int, str, str]], now: datetim
             .values(dirty=True, updated_at=now)
         )
     return queued
+
+
+def failed_visits(session: Session, integration_id: int) -> list[str]:
+    """The visits of the integration with a job that failed for good."""
+    stmt = (
+        select(Job.visit_id)
+        .where(Job.integration_id == integration_id, Job.state == JOB_FAILED)
+        .distinct()
+    )
+    return list(session.exec(stmt))
 
 
 def live_pairs(session: Session, integration_id: int | None = None) -> set[tuple[int, str]]:

@@ -110,6 +110,8 @@ class Integration(SQLModel, table=True):
     status_detail: str | None = None
     #: the grant is gone: jobs are held until someone signs in again (v3)
     needs_reauth: bool = False
+    #: the calendar is gone or no longer writable: jobs are held until a calendar is chosen (v3)
+    needs_calendar: bool = False
     #: which half failed while Error: "push" or "pull" (each clears only its own) (v3)
     error_source: str | None = None
     last_synced_at: datetime | None = _utc_col()

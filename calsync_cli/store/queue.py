@@ -6,17 +6,29 @@ claim runs in a ``BEGIN IMMEDIATE`` transaction, so two claimers serialise; on P
 uses ``FOR UPDATE SKIP LOCKED``, so workers on several hosts take disjoint jobs. Only the current
 lease holder may complete a job: a worker whose lease expired and was taken over completes
 nothing.
+
+Fair sharing: a claim takes at most ``per_integration`` jobs of one integration, oldest due
+integrations first, and leaves alone an integration another worker is pushing to (a live lease):
+one mailbox is served by one worker at a time (its concurrency limit is per mailbox), so two or
+three workers spread over the integrations, and a slow or throttled mailbox holds back only
+itself. On PostgreSQL a transaction-scoped advisory lock per integration keeps two claims that
+run at the same instant off the same integration. Leases are renewed while a long batch is in
+flight (``renew``); a lease whose owner is provably dead (a process of this host that no longer
+exists) is reclaimed at once rather than after it expires (``reclaim_dead``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from calsync_cli.store.models import (
+    DISCONNECTED,
     JOB_DONE,
     JOB_DROPPED,
     JOB_FAILED,
@@ -41,19 +53,23 @@ class Claimed:
     practice: Practice
     link: EventLink | None
 
+    @property
+    def job_id(self) -> int:
+        assert self.job.id is not None
+        return self.job.id
 
-def claim(
-    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int
-) -> dict[int, tuple[Integration, list[Claimed]]]:
-    """Lease up to ``limit`` due jobs to ``owner``; grouped by integration."""
+
+def _due(now: datetime, limit: int | None) -> Any:
+    """Due jobs of integrations that take pushed work now, oldest due first."""
     pushing = (
         select(Integration.id)
         .where(
-            Integration.status != "Disconnected",
+            Integration.status != DISCONNECTED,
             Integration.paused == False,  # noqa: E712
             col(Integration.calendar_id).is_not(None),
             col(Integration.direction).in_(("push", "two-way")),
             Integration.needs_reauth == False,  # noqa: E712
+            Integration.needs_calendar == False,  # noqa: E712
         )
         .scalar_subquery()
     )
@@ -65,11 +81,56 @@ def claim(
         select(Job)
         .where(due, col(Job.integration_id).in_(pushing))
         .order_by(col(Job.next_attempt_at), col(Job.id))
-        .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    jobs = list(session.exec(stmt))
+    return stmt if limit is None else stmt.limit(limit)
+
+
+#: advisory lock namespace for "claiming jobs of integration N" (PostgreSQL)
+_CLAIM_LOCK = 4242002
+
+
+def claim(
+    session: Session,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    per_integration: int | None = None,
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """Lease up to ``limit`` due jobs to ``owner``, at most ``per_integration`` of one
+    integration (see the module docstring); grouped by integration."""
+    per = per_integration or limit
+    postgres = session.get_bind().dialect.name == "postgresql"
+    busy = (
+        select(Job.integration_id)
+        .where(Job.state == JOB_RUNNING, col(Job.lease_until) >= now, Job.lease_owner != owner)
+        .distinct()
+    )
+    waiting = (
+        _due(now, None)
+        .with_only_columns(col(Job.integration_id), sa.func.min(Job.next_attempt_at))
+        .where(col(Job.integration_id).not_in(busy))
+        .group_by(col(Job.integration_id))
+        .order_by(None)
+        .order_by(sa.func.min(Job.next_attempt_at), col(Job.integration_id))
+    )
+    jobs: list[Job] = []
+    for integration_id, _oldest in session.execute(waiting).all():
+        if len(jobs) >= limit:
+            break
+        if (
+            postgres
+            and not session.execute(
+                sa.text("SELECT pg_try_advisory_xact_lock(:ns, :id)"),
+                {"ns": _CLAIM_LOCK, "id": integration_id},
+            ).scalar()
+        ):
+            continue  # another worker is claiming this integration right now
+        stmt = _due(now, min(per, limit - len(jobs))).where(Job.integration_id == integration_id)
+        if postgres:
+            stmt = stmt.with_for_update(skip_locked=True)
+        jobs += session.exec(stmt)
     if not jobs:
         return {}
     until = now + lease
@@ -78,31 +139,86 @@ def claim(
         job.dirty, job.updated_at = False, now
         session.add(job)
     session.flush()
+    return _with_context(session, jobs)
+
+
+def renew(session: Session, owner: str, *, until: datetime) -> int:
+    """Extend every live lease of ``owner`` to ``until`` (a long batch is still in flight)."""
+    table = Job.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.state == JOB_RUNNING, table.c.lease_owner == owner)
+        .values(lease_until=until)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def lease_owners(session: Session, *, now: datetime) -> list[str]:
+    """Owners of live leases."""
+    stmt = (
+        select(Job.lease_owner)
+        .where(Job.state == JOB_RUNNING, col(Job.lease_until) >= now)
+        .distinct()
+    )
+    return [o for o in session.exec(stmt) if o]
+
+
+def expire_leases(session: Session, owners: Sequence[str], *, now: datetime) -> int:
+    """End the leases of ``owners`` now: their jobs are due for any worker."""
+    if not owners:
+        return 0
+    table = Job.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.state == JOB_RUNNING, table.c.lease_owner.in_(list(owners)))
+        .values(lease_until=now - timedelta(seconds=1))
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def peek(
+    session: Session, *, now: datetime, limit: int = 100_000
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """What ``claim`` would take now, without taking it (``sync --dry-run``)."""
+    return _with_context(session, list(session.exec(_due(now, limit))))
+
+
+def _with_context(
+    session: Session, jobs: list[Job]
+) -> dict[int, tuple[Integration, list[Claimed]]]:
+    """The jobs with their integration, visit, practice and link, grouped by integration."""
+    if not jobs:
+        return {}
     integ_ids = {j.integration_id for j in jobs}
     integrations = {
         i.id: i for i in session.exec(select(Integration).where(col(Integration.id).in_(integ_ids)))
     }
     visit_ids = list({j.visit_id for j in jobs})
-    visits = {v.id: v for v in session.exec(select(Visit).where(col(Visit.id).in_(visit_ids)))}
+    visits: dict[str, Visit] = {}
+    links: dict[tuple[int, str], EventLink] = {}
+    for first in range(0, len(visit_ids), 500):
+        chunk = visit_ids[first : first + 500]
+        visits.update(
+            (v.id, v) for v in session.exec(select(Visit).where(col(Visit.id).in_(chunk)))
+        )
+        links.update(
+            ((lk.integration_id, lk.visit_id), lk)
+            for lk in session.exec(
+                select(EventLink).where(
+                    col(EventLink.integration_id).in_(integ_ids), col(EventLink.visit_id).in_(chunk)
+                )
+            )
+        )
     practices = {
         p.id: p
         for p in session.exec(
             select(Practice).where(col(Practice.id).in_({v.practice_id for v in visits.values()}))
         )
     }
-    links = {
-        (lk.integration_id, lk.visit_id): lk
-        for lk in session.exec(
-            select(EventLink).where(
-                col(EventLink.integration_id).in_(integ_ids), col(EventLink.visit_id).in_(visit_ids)
-            )
-        )
-    }
     out: dict[int, tuple[Integration, list[Claimed]]] = {}
     for job in jobs:
         visit = visits[job.visit_id]
-        integ = integrations[job.integration_id]
-        entry = out.setdefault(job.integration_id, (integ, []))
+        entry = out.setdefault(job.integration_id, (integrations[job.integration_id], []))
         entry[1].append(
             Claimed(
                 job,
@@ -112,6 +228,24 @@ def claim(
             )
         )
     return out
+
+
+def load_claimed(session: Session, integration_id: int, items: Sequence[Claimed]) -> list[Any]:
+    """Load the items' jobs and links in a few queries, so that the per-item ``session.get``
+    calls that follow are answered from the session's identity map instead of one query (and one
+    autoflush) each. The identity map holds its objects weakly: keep the answer while they are
+    used."""
+    loaded: list[Any] = []
+    for first in range(0, len(items), 500):
+        chunk = items[first : first + 500]
+        loaded += session.exec(select(Job).where(col(Job.id).in_([i.job.id for i in chunk])))
+        loaded += session.exec(
+            select(EventLink).where(
+                EventLink.integration_id == integration_id,
+                col(EventLink.visit_id).in_([i.visit.id for i in chunk]),
+            )
+        )
+    return loaded
 
 
 def owned(session: Session, job_id: int, owner: str) -> Job | None:
@@ -147,6 +281,14 @@ def finish(session: Session, job: Job, *, now: datetime) -> None:
     session.add(job)
 
 
+def give_back(session: Session, job: Job, *, now: datetime) -> None:
+    """Back to the queue as it was: the worker stopped before reaching it (no attempt used)."""
+    job.state, job.next_attempt_at = JOB_QUEUED, now
+    job.lease_owner = job.lease_until = None
+    job.updated_at = now
+    session.add(job)
+
+
 def reschedule(session: Session, job: Job, *, now: datetime, at: datetime, error: str) -> None:
     job.state, job.next_attempt_at, job.last_error = JOB_QUEUED, at, error
     job.lease_owner = job.lease_until = None
@@ -161,9 +303,12 @@ def fail(session: Session, job: Job, *, now: datetime, error: str) -> None:
     session.add(job)
 
 
-def hold(session: Session, job: Job, *, now: datetime, error: str) -> None:
-    """Waiting for the user to reconnect: no retry is used up."""
-    job.state, job.last_error, job.next_attempt_at = JOB_HELD, error, now
+def hold(
+    session: Session, job: Job, *, now: datetime, error: str, at: datetime | None = None
+) -> None:
+    """Waiting for something outside the job (a reconnect, a usable keyring): no retry is used
+    up. Due again at ``at`` (default: at once, for when the integration is fit again)."""
+    job.state, job.last_error, job.next_attempt_at = JOB_HELD, error, at or now
     job.lease_owner = job.lease_until = None
     job.updated_at = now
     session.add(job)

@@ -1,16 +1,17 @@
 """The one owner of an integration's state.
 
 An integration is ``Active``, ``Pending`` (no calendar chosen yet), ``Error`` (its latest push or
-pull failed; it keeps retrying) or ``Disconnected``. Beside the state, one machine flag:
-``needs_reauth`` (the grant is gone; its jobs are held until someone signs in again). Job claiming
-and the token keep-alive read the flag; ``status_detail`` is text for people and is never read to
-decide anything.
+pull failed; it keeps retrying) or ``Disconnected``. Beside the state, two machine flags: ``needs_reauth`` (the grant is gone) and
+``needs_calendar`` (the calendar is gone or no longer writable); either holds the integration's
+jobs until someone signs in again or chooses a calendar. Job claiming and the token keep-alive
+read the flags; ``status_detail`` is text for people and is never read to decide anything.
 
 Every change goes through one function here, in the caller's write transaction::
 
     mark_active        a push or pull succeeded (or a calendar was chosen): Active
     mark_error         a push or pull failed: Error, with the reason
     mark_reauth        the grant is gone: Error + needs_reauth, with the command that fixes it
+    mark_calendar_lost the calendar is gone or read-only: Error + needs_calendar, with the fix
     mark_pending       signed in, no calendar yet: Pending
     mark_disconnected  disconnected: Disconnected, for good (until a new sign-in)
 
@@ -65,19 +66,20 @@ def _change(
     error_source: str | None,
     revive: bool = False,
     audited: bool = False,
+    needs_calendar: bool = False,
 ) -> bool:
     """Apply a transition; False when the integration is Disconnected and this is no revival."""
     if integ.status == DISCONNECTED and not revive:
         return False
     before = integ.status
-    changed = (integ.status, integ.status_detail, integ.needs_reauth, integ.error_source) != (
-        status,
-        detail,
-        needs_reauth,
+    before_all = (integ.status, integ.status_detail, integ.needs_reauth, integ.needs_calendar)
+    changed = (before_all, integ.error_source) != (
+        (status, detail, needs_reauth, needs_calendar),
         error_source,
     )
     integ.status, integ.status_detail = status, detail
     integ.needs_reauth, integ.error_source = needs_reauth, error_source
+    integ.needs_calendar = needs_calendar
     if changed:
         session.add(integ)
     if not audited and (before != status or (needs_reauth and changed)):
@@ -110,8 +112,8 @@ def mark_active(
         session.add(integ)
     if integ.status == ERROR and integ.error_source not in (None, source) and source != "connect":
         return True  # the other half is still failing: its error stands
-    if integ.needs_reauth and source != "connect":
-        return True  # only a new sign-in clears "reconnect needed"
+    if (integ.needs_reauth or integ.needs_calendar) and source != "connect":
+        return True  # only a new sign-in (or calendar choice) clears a held integration
     if integ.calendar_id is None:
         return _change(
             session, integ, PENDING, pending_detail(integ.id or 0), now=now,
@@ -127,8 +129,8 @@ def mark_error(
     session: Session, integ: Integration, *, now: datetime, source: Source, detail: str
 ) -> bool:
     """``source`` failed with ``detail`` (one line, no PHI). A pull does not overwrite a push's
-    error, and no failure overwrites "reconnect needed"."""
-    if integ.needs_reauth:
+    error, and no failure overwrites "reconnect needed" or a lost calendar."""
+    if integ.needs_reauth or integ.needs_calendar:
         return integ.status != DISCONNECTED
     if integ.status == ERROR and integ.error_source == "push" and source == "pull":
         return True
@@ -142,6 +144,21 @@ def mark_reauth(
     return _change(
         session, integ, ERROR, reauth_detail(integ.app, integ.provider_id), now=now,
         needs_reauth=True, error_source=None, audited=audited,
+    )  # fmt: skip
+
+
+def mark_calendar_lost(session: Session, integ: Integration, *, now: datetime, why: str) -> bool:
+    """The calendar is gone or no longer writable (``why``, one line): Error, jobs held until a
+    calendar is chosen again."""
+    if integ.needs_reauth:
+        return integ.status != DISCONNECTED
+    detail = (
+        f"{why}. Choose a calendar: calsync calendars select {integ.id} CAL_ID "
+        f"(see calsync calendars list {integ.id})"
+    )
+    return _change(
+        session, integ, ERROR, detail, now=now, needs_reauth=False, error_source="push",
+        needs_calendar=True,
     )  # fmt: skip
 
 
