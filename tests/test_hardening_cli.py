@@ -99,6 +99,19 @@ def test_huge_numbers_are_usage_errors_not_internal_errors(seeded: int) -> None:
         assert "Traceback" not in line, args
 
 
+def test_dates_outside_the_documented_years_are_usage_errors(seeded: int) -> None:
+    for option, value in (
+        ("--to", "9999-12-31"),
+        ("--from", "0001-01-01"),
+        ("--from", "0001-01-01T00:00+05:00"),
+        ("--to", "9999-12-31T23:59-05:00"),
+        ("--from", "1899-12-31"),
+    ):
+        line = one_line_exit_2(run("visits", "list", option, value, "--json"))
+        assert "outside the years 1900-2200" in line
+    assert run("visits", "list", "--to", "2200-12-31", "--json").exit_code == 0
+
+
 def test_largest_accepted_integers_answer_not_found(seeded: int) -> None:
     for args in (("status", str(2**31 - 1)), ("toggle", str(2**31 - 1))):
         line = one_line_exit_2(run(*args))

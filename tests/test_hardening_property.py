@@ -189,7 +189,8 @@ def test_random_rows_are_stored_or_refused_in_one_line(
     generated = data.draw(rows(kind))
     code = check_import(seeded, kind, serialise(kind, generated, fmt), fmt, via)
     if code == 0:
-        expected = {str(r["id"]).strip() for r in generated}
+        # a CSV row whose cells are all empty is a blank line: skipped, like in JSON Lines
+        expected = {str(r["id"]).strip() for r in generated if r.get("id") not in (None, "")}
         assert expected <= stored_ids(kind)
 
 
@@ -231,7 +232,8 @@ COMMANDS = _commands()
 tokens = st.one_of(
     st.sampled_from(["1", "0", "-1", "2", str(2**31), str(2**63), "9" * 30, "1e400", "inf",
                      "nan", "-inf", "0.05", "24h", "99999999999d", "two-way", "push", "primary",
-                     "dr-lee", "main", "2026-12-01", "2026-13-45", "-", "--", "", "--json"]),
+                     "dr-lee", "main", "2026-12-01", "2026-13-45", "9999-12-31", "0001-01-01T00:00+05:00",
+                     "-", "--", "", "--json"]),
     weird_text.filter(lambda t: "\x00" not in t),
 )  # fmt: skip
 

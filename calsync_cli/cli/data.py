@@ -126,12 +126,19 @@ def _parse_day(value: str | None, option: str, *, end: bool) -> datetime | None:
             f"{option} {value!r} is not a date or time",
             hint="Use e.g. 2026-12-01 or 2026-12-01T09:00-06:00",
         ) from None
+    from calsync_cli.services.imports import MAX_YEAR, MIN_YEAR, within_years
+
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    if not within_years(parsed):
+        raise InputError(
+            f"{option} {value!r} is outside the years {MIN_YEAR}-{MAX_YEAR}",
+            hint="Stored visits all fall within them",
+        )
     if len(value) == 10:  # a bare date: the whole day, in UTC
         parsed = datetime.combine(parsed.date(), time(0), UTC) + (
             timedelta(days=1) if end else timedelta()
         )
-    elif parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 

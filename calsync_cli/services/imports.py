@@ -353,6 +353,16 @@ def _check_fields(kind: str, rows: Sequence[Row], source: str) -> list[str]:
 MIN_YEAR, MAX_YEAR = 1900, 2200
 
 
+def within_years(value: datetime) -> bool:
+    """True when ``value`` (aware) falls in ``MIN_YEAR``-``MAX_YEAR`` in its own offset and in
+    UTC: the one bound on every instant calsync takes in (imports, ``visits list --from``)."""
+    try:
+        in_utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return False
+    return all(MIN_YEAR <= v.year <= MAX_YEAR for v in (value, in_utc))
+
+
 def parse_instant(text: str, source: str, line: int, name: str) -> datetime:
     """The one place that decides which instants import accepts: ISO 8601 with an offset,
     within the years ``MIN_YEAR``-``MAX_YEAR``."""
@@ -373,11 +383,7 @@ def parse_instant(text: str, source: str, line: int, name: str) -> datetime:
             f"{name} {shown} has no UTC offset",
             hint="Add the offset, e.g. 2026-12-01T09:00:00-06:00",
         )
-    try:
-        in_utc = value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        in_utc = None
-    if in_utc is None or not all(MIN_YEAR <= v.year <= MAX_YEAR for v in (value, in_utc)):
+    if not within_years(value):
         raise ImportValidationError(
             source,
             line,
