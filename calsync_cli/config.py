@@ -14,6 +14,7 @@ Secrets other than the OAuth client credentials never live here: tokens are in t
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -25,6 +26,8 @@ import platformdirs
 from calsync_cli.errors import ConfigError, redact_url
 
 APP_NAME = "calsync"
+#: lone surrogates (undecodable bytes of an environment variable) and C0 controls but tab
+_UNUSABLE_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 ENV_PREFIX = "CALSYNC_"
 
 
@@ -106,8 +109,14 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, object]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text", hint="Save it as UTF-8"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # its message names a line and column, no content
         raise ConfigError(
             f"config file {path} is not valid TOML: {exc}", hint="Fix the file or move it away"
         ) from None
@@ -134,6 +143,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         from_env = env.get(ENV_PREFIX + name.upper())
         if from_env:
             values[name] = from_env
+    for name, value in values.items():
+        if isinstance(value, str) and _UNUSABLE_TEXT.search(value):
+            # an environment variable of bytes that are not UTF-8 (Python hands them over as
+            # lone surrogates), or a control character: every later use would fail on it
+            raise ConfigError(
+                f"{ENV_PREFIX}{name.upper()} (or {name} in the config file) contains bytes "
+                "that are not UTF-8 text, or a control character",
+                hint="Set it to plain UTF-8 text",
+            )
     values.setdefault("db_url", default_db_url())
     api_url = values.get("google_api_url")
     if isinstance(api_url, str) and "google_batch_url" not in values:

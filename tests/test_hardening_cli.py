@@ -112,6 +112,31 @@ def test_dates_outside_the_documented_years_are_usage_errors(seeded: int) -> Non
     assert run("visits", "list", "--to", "2200-12-31", "--json").exit_code == 0
 
 
+def test_text_that_is_not_utf8_is_a_usage_error(seeded: int, tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 in an argument or a setting reach Python as lone surrogates
+    (``$'\\xff'`` in a shell): refused in one line, except in a file name, which may be any
+    bytes."""
+    bad = "dr-\udcff"
+    for args in (
+        ("visits", "list", "--provider", bad),
+        ("filters", "set", str(seeded), "--practice", bad),
+        ("connect", "google", "--provider", bad),
+        ("calendars", "select", str(seeded), bad),
+        ("visits", "list", "--practice", "a\x00b"),
+    ):
+        assert "Invalid value" in one_line_exit_2(run(*args)), args
+    odd_name = tmp_path / "practices-\udcff.jsonl"
+    write_jsonl(odd_name, PRACTICES)  # on disk: the byte 0xff
+    assert run("practices", "import", str(odd_name), "--json").exit_code == 0
+    for name, value in (
+        ("CALSYNC_DB_URL", "sqlite:////tmp/\udcff.db"),
+        ("CALSYNC_VISIT_URL", "https://pm/\udcff/{visit_id}"),
+        ("CALSYNC_GOOGLE_CLIENT_ID", "id\udcff"),
+    ):
+        result = runner.invoke(app, ["status", "--json"], env={name: value})
+        assert name in one_line_exit_2(result)
+
+
 def test_largest_accepted_integers_answer_not_found(seeded: int) -> None:
     for args in (("status", str(2**31 - 1)), ("toggle", str(2**31 - 1))):
         line = one_line_exit_2(run(*args))

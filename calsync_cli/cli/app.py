@@ -42,14 +42,27 @@ MAX_INT = 2**31 - 1
 MAX_SECONDS = 1e9
 
 
-def _check_number(param: Any, ctx: typer.Context, value: object) -> None:
-    """Refuse numbers no command can use, as Click's own usage error (exit 2): an integer
-    beyond 64 bits (it would overflow the database), a float that is not finite (``inf``,
-    ``nan``) or beyond ``MAX_SECONDS``."""
+#: parameters that name a file: any bytes the file system allows, UTF-8 or not
+PATH_PARAMETERS = frozenset({"file"})
+
+
+def _check_value(param: Any, ctx: typer.Context, value: object) -> None:
+    """Refuse values no command can use, as Click's own usage error (exit 2): an integer
+    beyond ``MAX_INT`` (it would overflow the database), a float that is not finite (``inf``,
+    ``nan``) or beyond ``MAX_SECONDS``, text with bytes that are not UTF-8 (Python hands them
+    over as lone surrogates, which no database, JSON or HTTP call accepts) except in a file
+    name."""
     values = value if isinstance(value, list | tuple) else (value,)
     for v in values:
         if isinstance(v, bool):
             continue
+        if isinstance(v, str) and param.name not in PATH_PARAMETERS:
+            if any("\ud800" <= c <= "\udfff" for c in v):
+                raise typer.BadParameter(
+                    "contains bytes that are not UTF-8 text", ctx=ctx, param=param
+                )
+            if "\x00" in v:
+                raise typer.BadParameter("contains a NUL character", ctx=ctx, param=param)
         if isinstance(v, int) and abs(v) > MAX_INT:
             raise typer.BadParameter(f"{v} is too large (at most {MAX_INT})", ctx=ctx, param=param)
         if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= MAX_SECONDS):
@@ -63,7 +76,7 @@ def _check_number(param: Any, ctx: typer.Context, value: object) -> None:
 def _patch_parameter_processing() -> None:
     """Two changes to how Typer processes every parameter's value, in one place.
 
-    1. Refuse unusable numbers (``_check_number``) for every command's options and arguments.
+    1. Refuse unusable numbers and text (``_check_value``) for every command's options and arguments.
     2. Hand back an absent value without building a coercer for it. Typer (0.27 and later)
        coerces every parameter's value through a pydantic TypeAdapter it builds on first use,
        even when the value is ``None`` (an option not given, the ``--help`` and completion
@@ -86,7 +99,7 @@ def _patch_parameter_processing() -> None:
         if value is None and not self.required and self.nargs == 1 and not self.multiple:
             return value if self.callback is None else self.callback(ctx, self, value)
         value = typer_process_value(self, ctx, value)
-        _check_number(self, ctx, value)
+        _check_value(self, ctx, value)
         return value
 
     param_class.process_value = process_value
