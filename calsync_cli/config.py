@@ -8,7 +8,8 @@ case::
     visit_url = "https://pm.example.com/visits/{visit_id}"
     google_client_id = "1234.apps.googleusercontent.com"
 
-Secrets other than the OAuth client credentials never live here: tokens are in the keyring.
+Secrets other than the OAuth client credentials never live here: tokens are in the keyring, or
+sealed in the database (``token_store = "database"``) with the key in ``secret_key_file``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class Settings:
     microsoft_client_id: str | None = None
     microsoft_authority: str = "https://login.microsoftonline.com/common"
     microsoft_graph_url: str = "https://graph.microsoft.com/v1.0"
+    #: where tokens live: ``keyring`` (this host's OS keyring) or ``database`` (sealed into the
+    #: store, for workers on several hosts)
+    token_store: str = "keyring"
+    #: the key that seals tokens in the database (the same file on every host); unset: a key
+    #: kept in this host's keyring
+    secret_key_file: str | None = None
     config_path: Path | None = None
 
     @property
@@ -70,6 +77,8 @@ class Settings:
             return None
         return self.visit_url.replace("{visit_id}", visit_id)
 
+
+TOKEN_STORES = ("keyring", "database")
 
 _SETTING_NAMES = tuple(f.name for f in fields(Settings) if f.name != "config_path")
 
@@ -162,6 +171,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             "CALSYNC_VISIT_URL must contain {visit_id}",
             hint="For example https://pm.example.com/visits/{visit_id}",
+        )
+    token_store = values.get("token_store", "keyring")
+    if isinstance(token_store, str):
+        values["token_store"] = token_store = token_store.strip().lower()
+    if token_store not in TOKEN_STORES:
+        raise ConfigError(
+            f"CALSYNC_TOKEN_STORE must be keyring or database, not {token_store!r}",
+            hint="keyring keeps tokens on this host; database seals them into the store for "
+            "several hosts",
         )
     db_url = values["db_url"]
     if isinstance(db_url, str):

@@ -3,6 +3,7 @@
 autoload -U +X bashcompinit && bashcompinit
 
 declare -gA _calsync_words=(
+  ["calsync audit"]="--integration --visit --since --format --prune-before --json"
   ["calsync calendars list"]="--json"
   ["calsync calendars select"]="--json"
   ["calsync calendars"]="list select"
@@ -10,7 +11,8 @@ declare -gA _calsync_words=(
   ["calsync connect"]="google outlook --provider --calendar --no-browser --port --timeout --json"
   ["calsync demo"]="--keep --json"
   ["calsync direction"]="push pull two-way --json"
-  ["calsync disconnect"]="--yes -y --json"
+  ["calsync disconnect"]="--yes -y --purge --json"
+  ["calsync doctor"]="--offline --json"
   ["calsync filters set"]="--patient-name --no-patient-name --patient-name-format --visit-type --no-visit-type --location --no-location --notes --no-notes --practice-name --no-practice-name --private --no-private --reminders --no-reminders --practice --provider --all-practices --all-providers --json"
   ["calsync filters show"]="--json"
   ["calsync filters"]="set show"
@@ -24,11 +26,13 @@ declare -gA _calsync_words=(
   ["calsync sweep"]="--lookback --retry-failed --json"
   ["calsync sync"]="--watch --interval --dry-run --metrics-file --json"
   ["calsync toggle"]="--pause --resume --json"
+  ["calsync tokens migrate"]="--to --json"
+  ["calsync tokens"]="migrate"
   ["calsync verify"]="--repair --from --to --json"
   ["calsync visits import"]="--format --json"
   ["calsync visits list"]="--provider --practice --from --to --limit --json"
   ["calsync visits"]="import list"
-  ["calsync"]="calendars conflicts connect demo direction disconnect filters practices providers sandbox status sweep sync toggle verify visits -v --verbose --version"
+  ["calsync"]="audit calendars conflicts connect demo direction disconnect doctor filters practices providers sandbox status sweep sync toggle tokens verify visits -v --verbose --version"
 )
 
 _calsync() {

@@ -414,7 +414,7 @@ def test_port_in_use_is_a_clear_message(sb: Sandbox, browser: Browser) -> None:
 def test_keyring_failure_rolls_the_integration_back(
     sb: Sandbox, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: TokenStore, integration_id: object, tokens: object) -> None:
+    def broken(self: TokenStore, integration_id: object, tokens: object, **kw: object) -> None:
         raise KeyringError("the keyring failed to write: test")
 
     monkeypatch.setattr(TokenStore, "put", broken)

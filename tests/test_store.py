@@ -16,6 +16,7 @@ from calsync_cli.errors import ConfigError, ImportValidationError, InputError, S
 from calsync_cli.services import imports as importers
 from calsync_cli.services import integrations as core
 from calsync_cli.store import jobs
+from calsync_cli.store import status as store_status
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import JOB_RUNNING, SCHEMA_VERSION, Integration, Job, Visit
 from tests.conftest import NOW, PRACTICES, PROVIDERS, visit, write_jsonl
@@ -349,7 +350,7 @@ def test_status_fast_path_matches_the_store(tmp_path: Path, db_url: str) -> None
     assert failure["start"] == "2026-12-01T15:00:00+00:00"
     assert failure["error"] == "Google: HTTP 400 invalid" and failure["failed_at"]
     assert quick.status_rows(url, lee) == [row]
-    assert quick.FAILURES_SHOWN == core.FAILURES_SHOWN
+    assert quick.FAILURES_SHOWN == store_status.FAILURES_SHOWN
     assert quick.status_rows(url, 99) is None
     with store.write() as s:  # a database of another calsync version: the full path decides
         s.execute(sa.text("UPDATE calsync_meta SET value = '99' WHERE key = 'schema_version'"))
@@ -449,3 +450,12 @@ def test_version_2_database_gains_the_state_flag_filters_and_render_inputs(
         ).one()
         assert (bool(row[0]), bool(row[1]), row[2], row[3]) == (True, True, None, 0)
     s.close()
+
+
+def test_the_literal_live_states_match_the_models() -> None:
+    """The sweep spells the live states as literal SQL (so SQLite uses the partial index)."""
+    from calsync_cli.store.links import LIVE_STATES_SQL
+    from calsync_cli.store.models import LIVE_JOB_STATES
+
+    literal = str(LIVE_STATES_SQL)
+    assert literal == "job.state IN (" + ", ".join(f"'{s}'" for s in LIVE_JOB_STATES) + ")"

@@ -1,5 +1,6 @@
 """OAuth for calsync: loopback sign-in (PKCE S256 + state, via Authlib over httpx2), the
-keyring token store, the refreshing token source, and revocation.
+token stores (the keyring; sealed in the database: ``auth.sealed``), the refreshing token
+source, and revocation.
 
 Typical use by ``calsync connect``::
 
@@ -33,8 +34,12 @@ from calsync_cli.auth.oauth import (
 from calsync_cli.auth.tokens import (
     DEFAULT_KEYRING_TIMEOUT,
     SERVICE,
+    KeyringTokenStore,
     Tokens,
+    TokenSlot,
+    TokenStorage,
     TokenStore,
+    held,
     keyring_username,
 )
 
@@ -45,11 +50,15 @@ __all__ = [
     "MICROSOFT_SCOPES",
     "SERVICE",
     "KeyringTokenSource",
+    "KeyringTokenStore",
     "LoopbackListener",
     "OAuthApp",
     "RevokeOutcome",
+    "TokenSlot",
+    "TokenStorage",
     "TokenStore",
     "Tokens",
+    "held",
     "keyring_username",
     "oauth_app",
     "reconnect_hint",

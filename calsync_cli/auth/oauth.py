@@ -22,7 +22,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
 from calsync_cli.apps import connect_command
 from calsync_cli.auth.apps import OAuthApp
 from calsync_cli.auth.loopback import DEFAULT_TIMEOUT, LoopbackListener
-from calsync_cli.auth.tokens import Tokens, TokenStore, utcnow
+from calsync_cli.auth.tokens import Tokens, TokenSlot, TokenStorage, held, utcnow
 from calsync_cli.errors import AuthError
 from calsync_cli.providers._http import client_options
 from calsync_cli.providers.base import (
@@ -164,7 +164,7 @@ class KeyringTokenSource(TokenSource):
     def __init__(
         self,
         app: OAuthApp,
-        store: TokenStore,
+        store: TokenStorage,
         integration_id: int | str,
         *,
         provider_id: str | None = None,
@@ -223,8 +223,14 @@ class KeyringTokenSource(TokenSource):
         return tokens
 
     async def _refresh_locked(self, tokens: Tokens, *, force: bool = False) -> Tokens:
-        # Another process on this host may have refreshed (and rotated) meanwhile.
-        stored = await asyncio.to_thread(self.store.get, self.integration_id)
+        # The store's hold on this grant (a row lock in the database) spans read, refresh and
+        # write: two processes or hosts never spend one refresh token at once.
+        async with held(self.store, self.integration_id) as slot:
+            return await self._refresh_held(tokens, slot, force=force)
+
+    async def _refresh_held(self, tokens: Tokens, slot: TokenSlot, *, force: bool) -> Tokens:
+        # Another process or host may have refreshed (and rotated) meanwhile.
+        stored = slot.tokens
         if stored is None:
             self._tokens = None
             raise ReauthRequired(
@@ -250,7 +256,12 @@ class KeyringTokenSource(TokenSource):
             raise Unavailable(
                 f"{self.app.title}'s token endpoint answered without an access token"
             ) from None
-        await asyncio.to_thread(self.store.put, self.integration_id, fresh)
+        if not await asyncio.to_thread(slot.replace, fresh):  # disconnected meanwhile: stay so
+            self._tokens = None
+            raise ReauthRequired(
+                "reconnect needed: no stored sign-in for this integration",
+                hint=reconnect_hint(self.app, self.provider_id),
+            )
         self._tokens = fresh
         self.refresh_count += 1
         return fresh

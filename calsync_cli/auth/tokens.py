@@ -1,4 +1,10 @@
-"""OAuth tokens and their home in the OS keyring.
+"""OAuth tokens, the interface of their stores, and their default home: the OS keyring.
+
+``TokenStorage`` is what every token store offers (``get``, ``put``, ``replace``, ``delete`` and
+``hold``); ``TokenStore`` keeps tokens in the OS keyring (the default, one host), and
+``calsync_cli.auth.sealed.SealedTokenStore`` seals them into the database
+(``CALSYNC_TOKEN_STORE=database``, several hosts). ``calsync_cli.services.clients.token_store``
+picks one from the settings.
 
 Each integration has one keyring entry: service ``calsync``, username ``integration:<id>``, and
 as the password a JSON object ``{"access_token", "refresh_token", "expires_at", "scope",
@@ -14,19 +20,25 @@ processes (an advisory lock beside the keyring file): file backends rewrite the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import keyring
 import keyring.errors
 
 from calsync_cli.errors import KeyringError, safe_summary
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 SERVICE = "calsync"
 DEFAULT_KEYRING_TIMEOUT = 10.0
@@ -155,6 +167,117 @@ class Tokens:
         )
 
 
+class TokenSlot:
+    """One integration's tokens, held for a refresh: ``tokens`` was read under the store's lock
+    and ``replace`` writes while still holding it. ``release`` ends the hold (idempotent).
+
+    The base slot holds no lock (the keyring has none that spans a network call): it reads, and
+    ``replace`` writes only over an entry that is still there.
+    """
+
+    def __init__(self, storage: TokenStorage, integration_id: int | str) -> None:
+        self._storage = storage
+        self._integration_id = integration_id
+        self.tokens: Tokens | None = storage.get(integration_id)
+
+    def replace(self, tokens: Tokens) -> bool:
+        """Store refreshed tokens; False (and nothing written) when they were deleted meanwhile."""
+        return self._storage.replace(self._integration_id, tokens)
+
+    def release(self) -> None:
+        """End the hold; a slot whose ``replace`` was not called changes nothing."""
+
+
+class TokenStorage(ABC):
+    """Where an integration's tokens live. Every method may raise ``CalsyncError`` subclasses
+    (``KeyringError`` for the keyring; ``StoreError`` or ``ConfigError`` for the database, the
+    latter for a missing or wrong sealing key): never ``ReauthRequired``, which is the token
+    source's to decide from what ``get`` returns."""
+
+    #: holds one event loop may take or keep at once (``held``); None: no limit
+    max_holds: int | None = None
+
+    @abstractmethod
+    def get(self, integration_id: int | str) -> Tokens | None:
+        """The stored tokens, or None when the integration has none."""
+
+    @abstractmethod
+    def put(
+        self, integration_id: int | str, tokens: Tokens, *, within: Session | None = None
+    ) -> None:
+        """Store (create or overwrite) the tokens of a sign-in. ``within``: the caller's write
+        transaction on the calsync database, which a database store writes in (so the tokens and
+        the integration row commit together); other stores ignore it."""
+
+    @abstractmethod
+    def replace(self, integration_id: int | str, tokens: Tokens) -> bool:
+        """Overwrite tokens that are still stored (a refresh's answer); False, writing nothing,
+        when there are none: a disconnect that deleted them wins over a refresh in flight."""
+
+    @abstractmethod
+    def delete(self, integration_id: int | str) -> bool:
+        """Delete the tokens; False when there were none."""
+
+    def hold(self, integration_id: int | str) -> TokenSlot:
+        """Read the tokens under the store's lock on them, held until ``release``: a refresh
+        reads, calls the token endpoint and writes while holding it, so two processes or hosts
+        never spend one refresh token at once. Blocks while another holder has it."""
+        return TokenSlot(self, integration_id)
+
+
+#: per token store and event loop: how many holds may be taken or held at once
+_GATES: weakref.WeakKeyDictionary[TokenStorage, dict[asyncio.AbstractEventLoop, asyncio.Semaphore]]
+_GATES = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def _gate(storage: TokenStorage) -> asyncio.Semaphore | None:
+    if storage.max_holds is None:
+        return None
+    loop = asyncio.get_running_loop()
+    with _GATES_LOCK:
+        per_loop = _GATES.setdefault(storage, {})
+        gate = per_loop.get(loop)
+        if gate is None:
+            for old in [lp for lp in per_loop if lp.is_closed()]:
+                del per_loop[old]
+            gate = per_loop[loop] = asyncio.Semaphore(storage.max_holds)
+        return gate
+
+
+@contextlib.asynccontextmanager
+async def held(storage: TokenStorage, integration_id: int | str) -> AsyncIterator[TokenSlot]:
+    """``storage.hold`` for async code: taken and released in worker threads, and released even
+    when the task is cancelled at any point (a hold that leaked would block every other host's
+    refresh of this grant).
+
+    At most ``storage.max_holds`` holds per event loop are taken or held at once; the others
+    wait here, without a thread. Otherwise a burst of refreshes (every token has expired after
+    an hour's downtime) would fill the thread pool with holds waiting for a database connection
+    while the holders that own the connections wait for a thread to write and let go.
+    """
+    gate = _gate(storage)
+    async with contextlib.AsyncExitStack() as stack:
+        if gate is not None:
+            await stack.enter_async_context(gate)
+        loop = asyncio.get_running_loop()
+        taking = loop.run_in_executor(None, storage.hold, integration_id)
+        try:
+            slot = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The thread may still get the hold: release it as soon as it does.
+            def release_late(fut: asyncio.Future[TokenSlot]) -> None:
+                if not fut.cancelled() and fut.exception() is None:
+                    loop.run_in_executor(None, fut.result().release)
+
+            taking.add_done_callback(release_late)
+            raise
+        try:
+            yield slot
+        finally:
+            await asyncio.shield(asyncio.to_thread(slot.release))
+
+
 #: One keyring call at a time in this process. A sync run refreshes several integrations'
 #: tokens at once, and file backends (keyrings.alt, EncryptedKeyring) read the whole file, change
 #: one entry and write it back: two writes at once would lose one integration's rotated token.
@@ -200,7 +323,7 @@ def keyring_username(integration_id: int | str) -> str:
     return f"integration:{integration_id}"
 
 
-class TokenStore:
+class TokenStore(TokenStorage):
     """Tokens per integration in the OS keyring, every call bounded by ``timeout`` seconds.
 
     ``backend`` pins a keyring backend object; by default each call uses ``keyring.get_keyring()``
@@ -234,10 +357,40 @@ class TokenStore:
                 hint="Run calsync connect again for this integration",
             ) from None
 
-    def put(self, integration_id: int | str, tokens: Tokens) -> None:
+    def put(
+        self, integration_id: int | str, tokens: Tokens, *, within: Session | None = None
+    ) -> None:
         username = keyring_username(integration_id)
         value = tokens.to_json()
         self._call("write", lambda kr: kr.set_password(self.service, username, value))
+
+    def replace(self, integration_id: int | str, tokens: Tokens) -> bool:
+        """Overwrite the entry only if it is still there, in one call under the keyring lock
+        (no other calsync call in between; across processes too for a file backend)."""
+        username = keyring_username(integration_id)
+        value = tokens.to_json()
+
+        def _replace(kr: Any) -> bool:
+            if kr.get_password(self.service, username) is None:
+                return False
+            kr.set_password(self.service, username, value)
+            return True
+
+        return self._call("write", _replace)
+
+    def secret(self, name: str, create: Callable[[], str] | None = None) -> str | None:
+        """The keyring entry ``name`` of the service (not an integration's tokens); when there is
+        none and ``create`` is given, store ``create()`` and return it, in one call under the
+        keyring lock."""
+
+        def _secret(kr: Any) -> str | None:
+            value = kr.get_password(self.service, name)
+            if value is None and create is not None:
+                kr.set_password(self.service, name, create())
+                value = kr.get_password(self.service, name)  # what the backend really kept
+            return value if isinstance(value, str) else None
+
+        return self._call("read", _secret)
 
     def delete(self, integration_id: int | str) -> bool:
         """Delete the entry; False when there was none."""
@@ -317,3 +470,7 @@ def _check_backend(backend: Any) -> None:
             )
     except ImportError:  # pragma: no cover - keyring always ships it
         pass
+
+
+#: the keyring store under its descriptive name (``TokenStore`` is kept for its many callers)
+KeyringTokenStore = TokenStore

@@ -210,7 +210,7 @@ def main(
 
 
 def _register() -> None:
-    from calsync_cli.cli import connect, data, demo, integrations, sync
+    from calsync_cli.cli import audit, connect, data, demo, doctor, integrations, sync, tokens
 
     app.add_typer(data.practices, name="practices")
     app.add_typer(data.providers, name="providers")
@@ -218,7 +218,10 @@ def _register() -> None:
     integrations.register(app)
     connect.register(app)
     sync.register(app)
+    tokens.register(app)
     demo.register(app)
+    audit.register(app)
+    doctor.register(app)
 
 
 _register()

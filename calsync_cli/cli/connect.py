@@ -241,13 +241,23 @@ def calendars_select(
 def disconnect(
     integration: IntegrationArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            help="Before revoking, delete calsync's events of upcoming visits from the "
+            "calendar (past visits' events stay).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Revoke the tokens and stop syncing; events already synced stay.
+    """Revoke the tokens and stop syncing; events already synced stay (unless --purge).
 
     Google's revocation withdraws the grant the account gave calsync's client project (other
     integrations of that account must reconnect); Microsoft has no single-token revocation,
-    so calsync deletes its tokens and says where to remove the app's access.
+    so calsync deletes its tokens and says where to remove the app's access. With --purge,
+    calsync first deletes its events of upcoming visits (visit end after now); if some cannot
+    be deleted the integration stays connected and the command says what is left (exit 1).
     """
     from calsync_cli.errors import CalsyncError, InputError
     from calsync_cli.services import connections
@@ -261,21 +271,39 @@ def disconnect(
                 hint="pass --yes to disconnect non-interactively",
             )
         where = ref.calendar_name or ref.calendar_id or "no calendar"
+        fate = (
+            "Events of upcoming visits are deleted from the calendar; past ones stay"
+            if purge
+            else "Synced events stay on the calendar"
+        )
         question = (
             f"Disconnect integration {integration} ({ref.app}, {ref.provider_id}, "
-            f"{ref.account or '?'}, {where})? Synced events stay on the calendar"
+            f"{ref.account or '?'}, {where})? {fate}"
         )
         if not typer.confirm(question, default=False, err=True):
             raise CalsyncError("not disconnected; nothing changed")
-    result = connections.disconnect(context.settings(), store, integration, now=context.now)
+    result = connections.disconnect(
+        context.settings(), store, integration, now=context.now, purge=purge
+    )
 
     def human() -> None:
         if result.revocation is None:
             output.say(result.message)
             return
+        if result.purge is not None:
+            p = result.purge
+            removed = p.deleted + p.already_gone
+            output.say(
+                f"Deleted {removed} events of upcoming visits"
+                + (f" ({p.already_gone} were already gone)" if p.already_gone else "")
+                + f"; {p.past_kept} events of past visits stay."
+            )
+            kept = "events of past visits stay on the calendar"
+        else:
+            kept = "synced events stay on the calendar"
         output.say(
             f"Disconnected integration {integration}: dropped {result.jobs_dropped} queued "
-            "jobs; synced events stay on the calendar."
+            f"jobs; {kept}."
         )
         output.say(result.message)
         for other in result.also_affected:

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfoNotFoundError
 
 from calsync_cli.engine.render import Rendered, render
 from calsync_cli.store.models import EventLink, Integration, Practice, Visit
+from calsync_cli.store.visits import Facts
+
+__all__ = ["ACTIONS", "PENDING_CREATE", "Facts", "Step", "counts", "plan", "wanted"]
 
 Action = Literal["create", "update", "move", "delete", "recover", "skip", "invalid"]
 ACTIONS: tuple[Action, ...] = ("create", "update", "move", "delete", "recover", "skip", "invalid")
@@ -54,14 +57,6 @@ class VisitFacts(Protocol):
     def practice_id(self) -> str: ...
     @property
     def provider_id(self) -> str: ...
-
-
-class Facts(NamedTuple):
-    """A visit's facts that ``wanted`` reads, for a record not (yet) stored."""
-
-    status: str
-    practice_id: str
-    provider_id: str
 
 
 class Capabilities(Protocol):

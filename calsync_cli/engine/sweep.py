@@ -57,21 +57,24 @@ def sweep(
             assert integ.id is not None
             work = planned.setdefault(integ.id, [])
             since = max(now - lookback, integ.active_since)
-            for visit, practice, link, is_wanted in links.needing_work(session, integ, since=since):
-                checked += 1
-                if not is_wanted:
-                    work.append((integ.id, visit.id, "delete"))
+            candidates = links.needing_work(session, integ, since=since)
+            checked += len(candidates)
+            to_render = [c for c in candidates if c.wanted and c.live_here]
+            loaded = links.visits_and_practices(session, [c.visit_id for c in to_render])
+            for c in candidates:
+                if not c.wanted:
+                    work.append((integ.id, c.visit_id, "delete"))
                     continue
-                live = link is not None and link.external_id is not None
-                if live and link is not None and link.calendar_id == integ.calendar_id:
+                if c.live_here:
                     # its inputs changed, or are unknown (written before v3): render to see
                     # whether the event itself would change
+                    visit, practice = loaded[c.visit_id]
                     rendered = render(
                         visit, practice, integ, visit_link=settings.visit_link(visit.id)
                     )
-                    if link.content_hash == rendered.content_hash:
+                    if c.content_hash == rendered.content_hash:
                         continue
-                work.append((integ.id, visit.id, "upsert"))
+                work.append((integ.id, c.visit_id, "upsert"))
     with store.write() as session:
         # only integrations that still take pushed work (one may have been paused or
         # disconnected meanwhile)

@@ -4,9 +4,11 @@ The core of ``calsync connect``, ``calendars list|select`` and ``disconnect``. I
 of the command line: everything meant for the user arrives through callbacks
 (``announce_url``, ``notify``, ``choose``) or comes back as data.
 
-Tokens live only in the keyring. A new integration's row and its tokens are written together:
-the tokens are stored inside the database transaction, just before it commits, so a keyring
-failure rolls the row back, and a failed commit deletes the tokens again.
+Tokens live in the token store the settings choose (``clients.token_store``: the keyring, or
+sealed in the database). A new integration's row and its tokens are written together: the
+tokens are stored inside the database transaction, just before it commits (a database store
+writes in that very transaction), so a keyring failure rolls the row back, and a failed commit
+deletes the tokens again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from calsync_cli.auth import (
     OAuthApp,
     RevokeOutcome,
     Tokens,
-    TokenStore,
+    TokenStorage,
     oauth_app,
     reconnect_hint,
     revoke,
@@ -42,7 +44,7 @@ from calsync_cli.providers.base import (
     StaticTokenSource,
 )
 from calsync_cli.providers.factory import make_provider
-from calsync_cli.services import integrations
+from calsync_cli.services import clients, integrations
 from calsync_cli.services.clients import http_client, open_provider
 from calsync_cli.store import audit, states
 from calsync_cli.store.db import Store
@@ -237,7 +239,7 @@ def connect(
     opts: ConnectOptions,
     *,
     now: Callable[[], datetime],
-    token_store: TokenStore | None = None,
+    token_store: TokenStorage | None = None,
 ) -> ConnectResult:
     """Sign in and create the integration, or sign an existing one in again.
 
@@ -308,7 +310,7 @@ def connect(
 
     result = _store_connection(
         store,
-        token_store or TokenStore(),
+        token_store or clients.token_store(settings, store),
         app=app,
         provider_id=opts.provider_id,
         existing=existing,
@@ -329,7 +331,7 @@ def connect(
 
 def _store_connection(
     store: Store,
-    token_store: TokenStore,
+    token_store: TokenStorage,
     *,
     app: AppName,
     provider_id: str,
@@ -404,7 +406,7 @@ def _store_connection(
                 # kept to put back if the commit fails; a damaged entry is what we replace
                 with contextlib.suppress(CalsyncError):
                     previous_tokens = token_store.get(iid)
-            token_store.put(iid, tokens)
+            token_store.put(iid, tokens, within=session)
             stored_for = iid
     except BaseException:
         if stored_for is not None:  # the commit failed after the tokens were stored
@@ -523,6 +525,30 @@ def select_calendar(
 
 
 @dataclass(frozen=True)
+class PurgeResult:
+    """What ``disconnect --purge`` removed: events of upcoming visits (visit end after now)."""
+
+    #: deleted now
+    deleted: int = 0
+    #: already gone from the calendar (deleted outside calsync): counted as deleted
+    already_gone: int = 0
+    #: still on the calendar because their delete failed
+    failed: int = 0
+    #: events of past visits, which stay
+    past_kept: int = 0
+    #: one line per failed delete (visit id and the provider's safe message)
+    failures: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deleted": self.deleted,
+            "already_gone": self.already_gone,
+            "failed": self.failed,
+            "past_kept": self.past_kept,
+        }
+
+
+@dataclass(frozen=True)
 class DisconnectResult:
     integration_id: int
     #: None when the integration was disconnected already (nothing was done)
@@ -531,15 +557,20 @@ class DisconnectResult:
     jobs_dropped: int
     #: other integrations of the same Google account that lost their grant with this one
     also_affected: tuple[int, ...] = ()
+    #: with ``--purge``: what was removed from the calendar
+    purge: PurgeResult | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "integration": self.integration_id,
             "status": "Disconnected",
             "revocation": self.revocation,
             "message": self.message,
             "jobs_dropped": self.jobs_dropped,
         }
+        if self.purge is not None:
+            data["purge"] = self.purge.to_json()
+        return data
 
 
 def _revoke(
@@ -576,22 +607,91 @@ def _revoke(
     return revoke(oauth, tokens), oauth
 
 
+def purge_upcoming(
+    settings: Settings, store: Store, ref: IntegrationRef, *, now: Callable[[], datetime]
+) -> PurgeResult:
+    """Delete the integration's events of upcoming visits (visit end after now) through the
+    provider, in batches; an event already gone counts as deleted. Each deleted event's link is
+    cleared and the delete audited. Past visits' events stay. Raises ``ReauthRequired`` (the
+    integration is then marked so) when the sign-in is gone; per-event failures are counted."""
+    from calsync_cli.providers.base import Gone, NotFound, Operation
+    from calsync_cli.store import purge as store_purge
+
+    at = now()
+    with store.read() as session:
+        upcoming, past = store_purge.events_by_period(session, ref.id, now=at)
+    if not upcoming:
+        return PurgeResult(past_kept=past)
+    by_calendar: dict[str, list[store_purge.LinkedEvent]] = {}
+    for event in upcoming:
+        calendar = event.calendar_id or ref.calendar_id
+        if calendar is not None:
+            by_calendar.setdefault(calendar, []).append(event)
+
+    async def delete_all(provider: CalendarProvider) -> list[tuple[str, str | None, bool]]:
+        """(visit id, failure or None, already gone) per event."""
+        outcomes: list[tuple[str, str | None, bool]] = []
+        for calendar, events in by_calendar.items():
+            ops = [Operation("delete", event_id=e.external_id) for e in events]
+            results = await provider.batch(calendar, ops)
+            for event, result in zip(events, results, strict=True):
+                error = result.error
+                if error is None:
+                    outcomes.append((event.visit_id, None, False))
+                elif isinstance(error, NotFound | Gone):
+                    outcomes.append((event.visit_id, None, True))
+                else:
+                    outcomes.append((event.visit_id, error.message, False))
+        return outcomes
+
+    outcomes = _with_provider(settings, store, ref, delete_all, now=now)
+    done_at = now()
+    deleted = gone = 0
+    failures: list[str] = []
+    with store.write() as session:
+        for visit_id, failure, already_gone in outcomes:
+            if failure is not None:
+                failures.append(f"visit {visit_id}: {failure}")
+                continue
+            store_purge.forget_deleted(
+                session, ref.id, visit_id, now=done_at,
+                detail="purged on disconnect" + (" (already gone)" if already_gone else ""),
+            )  # fmt: skip
+            if already_gone:
+                gone += 1
+            else:
+                deleted += 1
+    return PurgeResult(deleted, gone, len(failures), past, tuple(failures))
+
+
 def disconnect(
     settings: Settings,
     store: Store,
     integration_id: int,
     *,
     now: Callable[[], datetime],
-    token_store: TokenStore | None = None,
+    token_store: TokenStorage | None = None,
+    purge: bool = False,
 ) -> DisconnectResult:
-    """Revoke at the provider, delete the keyring entry, drop live jobs, mark Disconnected.
+    """Revoke at the provider, delete the stored tokens, drop live jobs, mark Disconnected.
 
-    Synced events stay on the calendar. Disconnecting a disconnected integration does nothing
-    (beyond deleting any token left behind) and says so.
+    Synced events stay on the calendar, unless ``purge``: then, before revoking, calsync's
+    events of upcoming visits are deleted (``purge_upcoming``); past visits' events stay. When
+    some of those deletes fail the integration stays connected and ``CalsyncError`` says how
+    many events are left. Disconnecting a disconnected integration does nothing (beyond
+    deleting any token left behind) and says so; with ``purge`` that is an ``InputError``
+    (without a sign-in nothing can be deleted).
     """
-    tstore = token_store or TokenStore()
+    tstore = token_store or clients.token_store(settings, store)
     ref = load(store, integration_id)
     if ref.status == "Disconnected":
+        if purge:
+            raise InputError(
+                f"integration {integration_id} is already disconnected, so calsync cannot "
+                "delete its events",
+                hint=f"Sign in again ({ref.reconnect}), then: calsync disconnect "
+                f"{integration_id} --purge --yes",
+            )
         tstore.delete(integration_id)  # a leftover from an interrupted disconnect
         return DisconnectResult(
             integration_id,
@@ -599,6 +699,28 @@ def disconnect(
             f"integration {integration_id} is already disconnected; nothing to do",
             0,
         )
+    purged: PurgeResult | None = None
+    if purge:
+        oauth_app(ref.app, settings)  # ConfigError before any network
+        purged = purge_upcoming(settings, store, ref, now=now)
+        if purged.failed:
+            with store.write() as session:
+                audit.record(
+                    session,
+                    "purge_incomplete",
+                    now=now(),
+                    integration_id=integration_id,
+                    detail=f"deleted {purged.deleted + purged.already_gone}, "
+                    f"{purged.failed} upcoming events left; not disconnected",
+                )
+            first = purged.failures[0]
+            raise CalsyncError(
+                f"deleted {purged.deleted + purged.already_gone} upcoming events, but "
+                f"{purged.failed} are left on the calendar (first: {first}); integration "
+                f"{integration_id} is still connected",
+                hint=f"Run calsync disconnect {integration_id} --purge again, or disconnect "
+                "without --purge to leave them",
+            )
     tokens = tstore.get(integration_id)
     outcome, _ = _revoke(settings, ref, tokens)
     tstore.delete(integration_id)
@@ -615,7 +737,12 @@ def disconnect(
             "disconnect",
             now=at,
             integration_id=integration_id,
-            detail=f"revocation {outcome.status}; {dropped} queued jobs dropped",
+            detail=f"revocation {outcome.status}; {dropped} queued jobs dropped"
+            + (
+                f"; purged {purged.deleted + purged.already_gone} upcoming events"
+                if purged is not None
+                else ""
+            ),
         )
         if outcome.status == "revoked" and ref.app == "google" and ref.account:
             # Google withdrew the whole grant of this account to the client project.
@@ -637,5 +764,5 @@ def disconnect(
                 )
                 affected.append(other.id)
     return DisconnectResult(
-        integration_id, outcome.status, outcome.message, dropped, tuple(affected)
+        integration_id, outcome.status, outcome.message, dropped, tuple(affected), purged
     )

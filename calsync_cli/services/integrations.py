@@ -9,27 +9,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session
 
-from calsync_cli.engine.plan import Facts, wanted
+from calsync_cli.engine.plan import wanted
 from calsync_cli.errors import InputError, NotFoundError
-from calsync_cli.store import audit, jobs
+from calsync_cli.store import audit, jobs, links
 from calsync_cli.store import integrations as store_integrations
+from calsync_cli.store import status as store_status
+from calsync_cli.store import visits as store_visits
 from calsync_cli.store.db import Store
 from calsync_cli.store.integrations import get as get
 from calsync_cli.store.models import (
     DIRECTIONS,
-    JOB_DROPPED,
-    JOB_FAILED,
-    LIVE_JOB_STATES,
     NAME_FORMATS,
-    EventLink,
     Integration,
-    Job,
     Practice,
     Provider,
-    Visit,
 )
 
 PRIVACY_FLAGS = ("patient_name", "visit_type", "location", "notes", "practice_name")
@@ -44,76 +39,17 @@ def refuse_disconnected(integration_id: int, status: str, app: str, provider_id:
         )
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-#: how many failed jobs ``calsync status INTEGRATION`` lists, newest first
-FAILURES_SHOWN = 20
-
-
 def status_rows(store: Store, integration_id: int | None = None) -> list[dict[str, Any]]:
-    """One dict per integration: the ``status --json`` item (see DESIGN.md). For one
-    integration it also lists its latest failed jobs (``failures``): visit id, start, action,
-    error, when; never patient data."""
+    """One dict per integration: the ``status --json`` item (see DESIGN.md); for one
+    integration also its latest failed jobs (``store.status``)."""
     with store.read() as session:
-        if integration_id is not None:
-            integrations = [get(session, integration_id)]
-        else:
-            integrations = list(session.exec(select(Integration).order_by(col(Integration.id))))
-        counts: dict[tuple[int | None, str], int] = {}
-        stmt = (
-            select(Job.integration_id, Job.state, func.count())
-            .where(col(Job.state).in_((*LIVE_JOB_STATES, JOB_FAILED)))
-            .group_by(col(Job.integration_id), col(Job.state))
-        )
-        for iid, state, n in session.exec(stmt):
-            counts[(iid, state)] = n
-        rows: list[dict[str, Any]] = [
-            {
-                "id": i.id,
-                "provider_id": i.provider_id,
-                "app": i.app,
-                "account": i.account,
-                "calendar_id": i.calendar_id,
-                "calendar_name": i.calendar_name,
-                "direction": i.direction,
-                "status": i.status,
-                "status_detail": i.status_detail,
-                "paused": i.paused,
-                "last_synced_at": _iso(i.last_synced_at),
-                "queued": sum(counts.get((i.id, s), 0) for s in LIVE_JOB_STATES),
-                "failed": counts.get((i.id, JOB_FAILED), 0),
-            }
-            for i in integrations
-        ]
-        if integration_id is not None:
-            failed = session.exec(
-                select(Job, Visit.start)
-                .join(Visit, col(Visit.id) == col(Job.visit_id))
-                .where(Job.integration_id == integration_id, Job.state == JOB_FAILED)
-                .order_by(col(Job.updated_at).desc(), col(Job.id).desc())
-                .limit(FAILURES_SHOWN)
-            )
-            rows[0]["failures"] = [
-                {
-                    "visit_id": job.visit_id,
-                    "start": _iso(start),
-                    "action": job.action,
-                    "error": job.last_error,
-                    "failed_at": _iso(job.updated_at),
-                }
-                for job, start in failed
-            ]
-        return rows
+        return store_status.rows(session, integration_id)
 
 
 def store_counts(store: Store) -> dict[str, int]:
+    """How many practices, providers and visits are stored."""
     with store.read() as session:
-        return {
-            name: session.exec(select(func.count()).select_from(model)).one()
-            for name, model in (("practices", Practice), ("providers", Provider), ("visits", Visit))
-        }
+        return store_status.counts(session)
 
 
 def filters_of(integ: Integration) -> dict[str, Any]:
@@ -225,19 +161,10 @@ def requeue_upcoming(session: Session, integ: Integration, *, now: datetime) -> 
     """
     if integ.id is None or integ not in store_integrations.pushing(session):
         return 0
-    linked = set(
-        session.exec(
-            select(EventLink.visit_id).where(
-                EventLink.integration_id == integ.id, col(EventLink.external_id).is_not(None)
-            )
-        )
-    )
-    stmt = select(Visit.id, Visit.practice_id, Visit.provider_id, Visit.status).where(
-        Visit.end >= now
-    )
+    linked = links.live_visit_ids(session, integ.id)
     work: list[tuple[int, str, str]] = []
-    for vid, practice_id, provider_id, status in session.exec(stmt):
-        if wanted(Facts(status, practice_id, provider_id), integ):
+    for vid, facts in store_visits.upcoming_facts(session, now):
+        if wanted(facts, integ):
             work.append((integ.id, vid, "upsert"))
         elif vid in linked:
             work.append((integ.id, vid, "delete"))
@@ -292,15 +219,7 @@ def toggle(
 
 
 def drop_live_jobs(session: Session, integration_id: int, *, now: datetime, reason: str) -> int:
-    table = Job.__table__  # type: ignore[attr-defined]
-    result = session.execute(
-        sa.update(table)
-        .where(table.c.integration_id == integration_id, table.c.state.in_(LIVE_JOB_STATES))
-        .values(
-            state=JOB_DROPPED, last_error=reason, updated_at=now, lease_owner=None, lease_until=None
-        )
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return jobs.drop_live(session, integration_id, now=now, reason=reason)
 
 
 def create(

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 #: kept equal to models.SCHEMA_VERSION by a test (importing models here would defeat the purpose)
 SCHEMA_VERSION = 3
 _LIVE = ("queued", "running", "held")
-#: kept equal to integrations.FAILURES_SHOWN by a test
+#: kept equal to store.status.FAILURES_SHOWN by a test
 FAILURES_SHOWN = 20
 
 

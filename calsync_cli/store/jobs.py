@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from calsync_cli.store.models import (
+    JOB_DROPPED,
     JOB_FAILED,
     JOB_QUEUED,
     JOB_RUNNING,
@@ -77,6 +78,19 @@ def enqueue(session: Session, work: Sequence[tuple[int, str, str]], now: datetim
             .values(dirty=True, updated_at=now)
         )
     return queued
+
+
+def drop_live(session: Session, integration_id: int, *, now: datetime, reason: str) -> int:
+    """Drop every live job of the integration (it was disconnected); answers how many."""
+    table = Job.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.integration_id == integration_id, table.c.state.in_(LIVE_JOB_STATES))
+        .values(
+            state=JOB_DROPPED, last_error=reason, updated_at=now, lease_owner=None, lease_until=None
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def failed_visits(session: Session, integration_id: int) -> list[str]:

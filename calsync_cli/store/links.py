@@ -24,7 +24,6 @@ from sqlmodel import Session, SQLModel, col, select
 from calsync_cli.store import audit
 from calsync_cli.store.models import (
     JOB_RUNNING,
-    LIVE_JOB_STATES,
     EventLink,
     Integration,
     Job,
@@ -36,6 +35,8 @@ from calsync_cli.store.models import (
 PENDING_CREATE = "pending-create"
 
 _CHUNK = 500
+#: the live job states as literal SQL (see ``needing_work``); models.LIVE_JOB_STATES
+LIVE_STATES_SQL = sa.text("job.state IN ('queued', 'running', 'held')")
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,14 @@ def mark_pending(
         session.execute(sa.insert(links), fresh)
 
 
+def live_visit_ids(session: Session, integration_id: int) -> set[str]:
+    """The visits that have a live event on the integration's calendar (as far as it knows)."""
+    stmt = select(EventLink.visit_id).where(
+        EventLink.integration_id == integration_id, col(EventLink.external_id).is_not(None)
+    )
+    return set(session.exec(stmt))
+
+
 def load(session: Session, integration_id: int, visit_ids: Sequence[str]) -> list[EventLink]:
     """The links of these visits (kept in the session's identity map while the answer lives)."""
     loaded: list[EventLink] = []
@@ -198,33 +207,42 @@ def record(
     )  # fmt: skip
 
 
-def needing_work(
-    session: Session, integ: Integration, *, since: datetime
-) -> list[tuple[Visit, Practice, EventLink | None, bool]]:
+@dataclass(frozen=True)
+class Candidate:
+    """A visit the sweep may have to queue (see ``needing_work``)."""
+
+    visit_id: str
+    wanted: bool
+    #: its event is live on the integration's calendar: only a render can tell whether it is
+    #: out of date (its inputs changed, or are unknown)
+    live_here: bool
+    content_hash: str | None
+
+
+def needing_work(session: Session, integ: Integration, *, since: datetime) -> list[Candidate]:
     """Visits of ``integ`` changed since ``since`` whose event may not be what it should be,
-    and that have no live job: ``(visit, practice, link, wanted)``, answered by one indexed
-    query (the render's inputs recorded on each link make staleness a question for the database).
+    and that have no live job, answered by one indexed query (the render's inputs recorded on
+    each link make staleness a question for the database).
 
     A visit is here when it is wanted (not cancelled, the filters match) and has no event on the
     integration's calendar, or an event rendered from other inputs (another content hash of the
     visit, another filter version, another calendar); or when it is not wanted and its event
     (or a create that may have landed) is still there. Only the integration's clinicians' visits
     and those it has a link for are read (a visit reassigned away still loses its event).
-    The caller renders only what this answers, and only where the inputs alone cannot tell.
+    The caller renders only the ``live_here`` ones (``visits_and_practices``).
     """
     assert integ.id is not None
-    v, p, lk, job = (
-        SQLModel.metadata.tables[t] for t in ("visit", "practice", "event_link", "job")
-    )
+    v, lk, job = (SQLModel.metadata.tables[t] for t in ("visit", "event_link", "job"))
     link_on = sa.and_(lk.c.integration_id == integ.id, lk.c.visit_id == v.c.id)
     is_wanted = sa.and_(
         v.c.status != "cancelled",
         v.c.practice_id.in_(integ.practice_filter) if integ.practice_filter else sa.true(),
         v.c.provider_id.in_(integ.provider_filter) if integ.provider_filter else sa.true(),
     )
+    same_calendar = sa.func.coalesce(lk.c.calendar_id, "") == (integ.calendar_id or "")
     current = sa.and_(
         lk.c.external_id.is_not(None),
-        sa.func.coalesce(lk.c.calendar_id, "") == (integ.calendar_id or ""),
+        same_calendar,
         sa.func.coalesce(lk.c.visit_hash, "") == v.c.content_hash,
         sa.func.coalesce(lk.c.filter_version, -1) == integ.filter_version,
     )
@@ -232,11 +250,16 @@ def needing_work(
     live_job = (
         sa.select(sa.literal(1))
         .where(job.c.integration_id == integ.id, job.c.visit_id == v.c.id)
-        .where(job.c.state.in_(LIVE_JOB_STATES))
+        # spelled as the partial unique index's own condition, so the database uses that index
+        # (SQLite only matches a partial index against literal terms, not bound parameters)
+        .where(LIVE_STATES_SQL)
     )
+    live_here = sa.and_(lk.c.external_id.is_not(None), same_calendar)
     stmt = (
-        sa.select(v, p, lk, is_wanted.label("wanted"))
-        .select_from(v.join(p, p.c.id == v.c.practice_id).outerjoin(lk, link_on))
+        sa.select(
+            v.c.id, is_wanted.label("wanted"), live_here.label("live_here"), lk.c.content_hash
+        )  # fmt: skip
+        .select_from(v.outerjoin(lk, link_on))
         .where(v.c.changed_at >= since)
         .where(
             sa.or_(
@@ -250,15 +273,24 @@ def needing_work(
         stmt = stmt.where(
             sa.or_(v.c.provider_id.in_(integ.provider_filter), lk.c.visit_id.is_not(None))
         )
-    out: list[tuple[Visit, Practice, EventLink | None, bool]] = []
-    nv, np_ = len(v.c), len(p.c)
-    for row in session.execute(stmt):
-        values = tuple(row)
-        visit = Visit(**dict(zip(v.c.keys(), values[:nv], strict=True)))
-        practice = Practice(**dict(zip(p.c.keys(), values[nv : nv + np_], strict=True)))
-        link_values = dict(zip(lk.c.keys(), values[nv + np_ : -1], strict=True))
-        link = EventLink(**link_values) if link_values["visit_id"] is not None else None
-        out.append((visit, practice, link, bool(values[-1])))
+    return [
+        Candidate(vid, bool(wanted), bool(here), content_hash)
+        for vid, wanted, here, content_hash in session.execute(stmt)
+    ]
+
+
+def visits_and_practices(
+    session: Session, visit_ids: Sequence[str]
+) -> dict[str, tuple[Visit, Practice]]:
+    """The visits (with their practice) to render, loaded in chunks."""
+    out: dict[str, tuple[Visit, Practice]] = {}
+    for first in range(0, len(visit_ids), _CHUNK):
+        stmt = (
+            select(Visit, Practice)
+            .join(Practice, col(Practice.id) == col(Visit.practice_id))
+            .where(col(Visit.id).in_(visit_ids[first : first + _CHUNK]))
+        )
+        out.update((visit.id, (visit, practice)) for visit, practice in session.exec(stmt))
     return out
 
 

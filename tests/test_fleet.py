@@ -1,0 +1,127 @@
+"""Several hosts on one PostgreSQL store (issue 10): three ``calsync sync --watch`` worker
+processes, each with its own home directory and its own (empty) keyring, share one database and
+the sandbox; tokens are sealed in the database under a key file every host has. 300 visits
+arrive over several integrations while they run; one worker is SIGKILLed mid-run. Afterwards
+every visit has exactly one correct event, and every worker pushed some."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, func, select
+
+from calsync_cli.sandbox import Sandbox
+from calsync_cli.store.models import LIVE_JOB_STATES, Job
+from tests.sync_support import calendar_problems, connect_both, import_rows, make_db_env, visit_rows
+
+WORKERS = 3
+VISITS = 300
+BATCHES = 6
+
+
+def _worker(tmp: Path, name: str, env_vars: dict[str, str]) -> subprocess.Popen[str]:
+    """One host: its own HOME, data dirs and keyring file; the shared database and key file."""
+    home = tmp / name
+    for sub in ("config", "data", "cache"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **env_vars,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "calsync_cli", "sync", "--watch", "--interval", "0.2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _live_jobs(env: object) -> int:
+    with env.store.read() as s:  # type: ignore[attr-defined]
+        return int(
+            s.exec(select(func.count()).select_from(Job).where(col(Job.state).in_(LIVE_JOB_STATES))).one()
+        )
+
+
+def _created(log: str) -> int:
+    return sum(int(n) for n in re.findall(r"round: .*?created (\d+)", log))
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_three_hosts_share_the_work_and_survive_a_killed_worker(
+    tmp_path: Path, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the fleet shares a PostgreSQL store")
+    from calsync_cli.auth.sealed import SealedTokenStore
+    from calsync_cli.auth.tokens import TokenStore
+
+    rng = random.Random(20261129)
+    key_file = tmp_path / "token.key"
+    key_file.write_bytes(os.urandom(32).hex().encode() + b"\n")
+    key_file.chmod(0o600)
+    base = datetime.now(UTC) - timedelta(minutes=2)  # the workers run on the real clock
+    with Sandbox(port=0, latency=0.01) as sb:
+        env = make_db_env(tmp_path, sb, db_url, base)
+        try:
+            ids = connect_both(env)
+            # the test signed in through the keyring; a fleet keeps tokens sealed in the store
+            sealed = SealedTokenStore(env.store, key_file=str(key_file))
+            for iid in ids.values():
+                tokens = TokenStore().get(iid)
+                assert tokens is not None
+                sealed.put(iid, tokens)
+                TokenStore().delete(iid)  # no host has them in a keyring
+            shared = {
+                **sb.env(),
+                "CALSYNC_DB_URL": db_url,
+                "CALSYNC_TOKEN_STORE": "database",
+                "CALSYNC_SECRET_KEY_FILE": str(key_file),
+                "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+            }
+            workers = [_worker(tmp_path, f"host{i}", shared) for i in range(WORKERS)]
+            rows = visit_rows(VISITS, rng, datetime(2026, 12, 1, 14, tzinfo=UTC))
+            victim = workers[0]
+            for n in range(BATCHES):  # the practice system sends visits while they work
+                batch = rows[n * VISITS // BATCHES : (n + 1) * VISITS // BATCHES]
+                import_rows(env, batch, f"v{n}.jsonl", datetime.now(UTC))
+                if n == BATCHES // 2:
+                    sb.wait_for_api_calls(sb.api_calls() + 5, timeout=30)
+                    victim.send_signal(signal.SIGKILL)  # mid-run, leases held
+                time.sleep(0.3)
+            deadline = time.monotonic() + 120
+            while _live_jobs(env) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _live_jobs(env) == 0, "work left after two minutes"
+            logs = []
+            for proc in workers:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                _out, err = proc.communicate(timeout=30)
+                logs.append(err)
+            for proc in workers[1:]:
+                assert proc.returncode == 0, logs
+            pushed = [_created(log) for log in logs]
+            assert all(n > 0 for n in pushed), pushed  # every host pushed some
+            assert sum(pushed[1:]) <= VISITS
+            env.clock.now = datetime.now(UTC)
+            assert calendar_problems(env) == []
+            # the killed host's work was taken over: nothing failed, nothing doubled
+            with env.store.read() as s:
+                failed = s.exec(select(func.count()).select_from(Job).where(Job.state == "failed")).one()
+            assert failed == 0
+            assert "Traceback" not in "".join(logs[1:])
+        finally:
+            env.store.close()
