@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -93,13 +92,7 @@ def status(
 
     url = context.settings().db_url
     rows = core.status_rows(url, context.store, integration)
-    # the fast read does not open the store, which makes a loose calsync file private: here too
-    from calsync_cli.store.files import sqlite_file, tighten_permissions
-
-    path = sqlite_file(url)
-    if path is not None and os.access(path, os.W_OK):
-        for notice in tighten_permissions(path):
-            output.warn(notice)
+    context.private(url)  # the fast read opens no store, which would have done it
 
     def human() -> None:
         if not rows:

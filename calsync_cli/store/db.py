@@ -26,7 +26,7 @@ from sqlmodel import Session, SQLModel
 
 from calsync_cli.errors import ConfigError, StoreError, redact_url, safe_summary
 from calsync_cli.store import models
-from calsync_cli.store.files import refuse_foreign_sqlite, tighten_permissions
+from calsync_cli.store.files import refuse_foreign_sqlite
 from calsync_cli.store.models import SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 30_000
@@ -295,13 +295,8 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_db_engine(url)
-        #: things the user should hear once (e.g. permissions tightened); the CLI prints them
-        self.notices: list[str] = []
         try:
             ensure_schema(self.engine)
-            path = _sqlite_path(sa.make_url(url)) if self.dialect == "sqlite" else None
-            if path is not None and not self.read_only:
-                self.notices += tighten_permissions(path)
         except BaseException:
             self.engine.dispose()
             raise
