@@ -20,6 +20,8 @@ complete -c calsync -n '__fish_seen_subcommand_from connect' -l calendar -d 'The
 complete -c calsync -n '__fish_seen_subcommand_from connect' -l no-browser -d 'Do not open a browser; open the printed URL yourself'
 complete -c calsync -n '__fish_seen_subcommand_from connect' -l port -d 'Loopback port for the sign-in redirect (default: any free port)'
 complete -c calsync -n '__fish_seen_subcommand_from connect' -l timeout -d 'Seconds to wait for the sign-in'
+complete -c calsync -n '__fish_seen_subcommand_from connect' -l device-code -d 'Outlook only: print an address and a code to enter on any device, and wait until the clinician approves (no redirect, no browser here)'
+complete -c calsync -n '__fish_seen_subcommand_from connect' -l remote -d 'Sign in on another machine: print the sign-in link, then read back (standard input) the address the clinician\'s browser ended on'
 complete -c calsync -n '__fish_seen_subcommand_from connect' -l json -d 'Print one JSON document on stdout; messages go to stderr'
 complete -c calsync -n '__fish_seen_subcommand_from demo' -l keep -d 'Keep the demo\'s temporary directory'
 complete -c calsync -n '__fish_seen_subcommand_from demo' -l json -d 'Print one JSON document on stdout; messages go to stderr'

@@ -100,7 +100,7 @@ def stored(expires_in: float = 3600, refresh: str | None = "refresh-0") -> Token
         access_token="access-0",
         refresh_token=refresh,
         expires_at=START + timedelta(seconds=expires_in),
-        scope="scope",
+        scope=" ".join(GOOGLE_SCOPES),
     )
 
 
@@ -147,7 +147,7 @@ def test_a_token_expiring_within_60_s_is_refreshed_and_google_keeps_its_refresh_
     assert saved.access_token == "access-1"
     assert saved.refresh_token == "refresh-0"
     assert saved.expires_at == START + timedelta(seconds=3600)
-    assert saved.scope == "scope"
+    assert saved.scope == " ".join(GOOGLE_SCOPES)
 
 
 def test_expiry_follows_the_injected_clock_and_microsoft_rotation_is_stored() -> None:
@@ -246,14 +246,76 @@ def test_invalid_grant_means_reconnect() -> None:
     assert TokenStore().get(42) == stored(expires_in=0)  # kept for disconnect to revoke/delete
 
 
-def test_other_oauth_refusals_also_mean_reconnect_and_say_which() -> None:
+@pytest.mark.parametrize(
+    ("code", "description"),
+    [
+        ("interaction_required", "AADSTS50076: multi-factor authentication is required."),
+        ("consent_required", "AADSTS65001: The user or administrator has not consented."),
+        ("invalid_grant", "AADSTS65001: The user or administrator has not consented."),
+    ],
+)
+def test_microsoft_refusals_that_need_a_person_mean_reconnect(code: str, description: str) -> None:
     TokenStore().put(42, stored(expires_in=0))
     endpoint, clock = TokenEndpoint(), Clock()
-    endpoint.fail = lambda request: httpx2.Response(401, json={"error": "invalid_client"})
+    endpoint.fail = lambda request: httpx2.Response(
+        400, json={"error": code, "error_description": description}
+    )
     with pytest.raises(ReauthRequired) as info:
         asyncio.run(source(OUTLOOK, endpoint, clock).access_token())
-    assert "invalid_client" in info.value.message
+    assert info.value.message.startswith("reconnect needed")
+    if "65001" in description:
+        assert "administrator" in info.value.message
     assert info.value.hint == "Run: calsync connect outlook --provider P7"
+
+
+@pytest.mark.parametrize(
+    ("app", "status", "body", "error"),
+    [
+        # Google and Microsoft throttling with a JSON body: Authlib raises OAuthError for it
+        (GOOGLE, 429, {"error": "rate_limit_exceeded"}, RateLimited),
+        (OUTLOOK, 429, {"error": "temporarily_unavailable"}, RateLimited),
+        # "temporarily_unavailable: The server is temporarily too busy ... Retry the request"
+        # and "server_error: ... Retry the request" (Microsoft identity platform and OAuth 2.0
+        # authorization code flow, Error codes for token endpoint errors)
+        (
+            OUTLOOK,
+            400,
+            {"error": "temporarily_unavailable", "error_description": "AADSTS"},
+            Unavailable,
+        ),
+        (OUTLOOK, 400, {"error": "server_error"}, Unavailable),
+        (GOOGLE, 500, {"error": "internal_failure"}, Unavailable),
+        (OUTLOOK, 503, {"error": "temporarily_unavailable"}, Unavailable),
+        # not a dead grant either: a configuration problem is retried, not "reconnect needed"
+        (OUTLOOK, 401, {"error": "invalid_client"}, Unavailable),
+    ],
+)
+def test_transient_json_token_errors_reschedule_instead_of_reconnect(
+    app: OAuthApp, status: int, body: dict[str, str], error: type[Exception]
+) -> None:
+    """Issue 9 item 1: before, every JSON error body meant "reconnect needed"."""
+    TokenStore().put(42, stored(expires_in=0))
+    endpoint, clock = TokenEndpoint(), Clock()
+    endpoint.fail = lambda request: httpx2.Response(
+        status, json=body, headers={"Retry-After": "30"}
+    )
+    with pytest.raises(error) as info:
+        asyncio.run(source(app, endpoint, clock).access_token())
+    assert not isinstance(info.value, ReauthRequired)
+    assert getattr(info.value, "retryable", False) is True
+    assert body["error"] in str(info.value) or f"HTTP {status}" in str(info.value)
+    assert getattr(info.value, "retry_after", None) == 30
+    assert TokenStore().get(42) == stored(expires_in=0)
+
+
+def test_a_google_refresh_asks_only_for_the_granted_scopes() -> None:
+    """Issue 9 item 2: granular consent may grant fewer scopes than asked; a refresh asking for
+    more answers invalid_scope."""
+    events_only = GOOGLE_SCOPES[0]
+    TokenStore().put(42, Tokens("access-0", "refresh-0", START, scope=events_only))
+    endpoint, clock = TokenEndpoint(), Clock()
+    asyncio.run(source(GOOGLE, endpoint, clock).access_token())
+    assert endpoint.forms[0]["scope"] == events_only
 
 
 def test_no_stored_tokens_means_reconnect() -> None:

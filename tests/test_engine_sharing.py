@@ -58,6 +58,12 @@ def test_claims_are_sized_per_integration_and_leave_a_busy_mailbox_alone(env: En
     assert {google, outlook} >= set(first)
 
 
+def _wait_exit(proc: subprocess.Popen[bytes]) -> bool:
+    """Until the child has exited, without reaping it (waitid with WNOWAIT)."""
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    return True
+
+
 def test_leases_are_renewed_and_dead_owners_on_this_host_reclaimed(env: Env) -> None:
     connect(env, "google")
     env.import_visits([visit("a"), visit("b")])
@@ -69,6 +75,10 @@ def test_leases_are_renewed_and_dead_owners_on_this_host_reclaimed(env: Env) -> 
     assert owner_is_dead_here(dead)
     assert not owner_is_dead_here(alive) and not owner_is_dead_here(elsewhere)
     assert not owner_is_dead_here("not-an-owner")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert _wait_exit(zombie)  # exited, not reaped yet: dead all the same
+    assert owner_is_dead_here(f"{socket.gethostname()}:{zombie.pid}:0")
+    zombie.wait()
     assert _claim(env, dead, limit=100)  # a worker that is killed right after claiming
     with env.store.write() as s:
         assert queue.renew(s, dead, until=env.clock() + timedelta(hours=1)) == 2

@@ -42,7 +42,8 @@ def _worker(tmp: Path, name: str, env_vars: dict[str, str]) -> subprocess.Popen[
         "XDG_CACHE_HOME": str(home / "cache"),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "calsync_cli", "sync", "--watch", "--interval", "0.2"],
+        [sys.executable, "-m", "calsync_cli", "sync", "--watch", "--interval", "0.2",
+         "--metrics-file", str(tmp / f"{name}.prom")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -50,12 +51,28 @@ def _worker(tmp: Path, name: str, env_vars: dict[str, str]) -> subprocess.Popen[
 def _live_jobs(env: object) -> int:
     with env.store.read() as s:  # type: ignore[attr-defined]
         return int(
-            s.exec(select(func.count()).select_from(Job).where(col(Job.state).in_(LIVE_JOB_STATES))).one()
+            s.exec(
+                select(func.count()).select_from(Job).where(col(Job.state).in_(LIVE_JOB_STATES))
+            ).one()
         )
 
 
-def _created(log: str) -> int:
-    return sum(int(n) for n in re.findall(r"round: .*?created (\d+)", log))
+def _created(tmp: Path, name: str) -> int:
+    """What a worker's metrics file says it created (its last finished round)."""
+    path = tmp / f"{name}.prom"
+    if not path.exists():
+        return 0
+    found = re.search(r'calsync_sync_jobs_total\{outcome="created"\} (\d+)', path.read_text())
+    return int(found.group(1)) if found else 0
+
+
+def _wait(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.mark.slow
@@ -91,36 +108,44 @@ def test_three_hosts_share_the_work_and_survive_a_killed_worker(
                 "CALSYNC_SECRET_KEY_FILE": str(key_file),
                 "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
             }
-            workers = [_worker(tmp_path, f"host{i}", shared) for i in range(WORKERS)]
             rows = visit_rows(VISITS, rng, datetime(2026, 12, 1, 14, tzinfo=UTC))
+            names = [f"host{i}" for i in range(WORKERS)]
+            # the first host starts alone and pushes some; then the other two join
+            workers = [_worker(tmp_path, names[0], shared)]
             victim = workers[0]
             for n in range(BATCHES):  # the practice system sends visits while they work
                 batch = rows[n * VISITS // BATCHES : (n + 1) * VISITS // BATCHES]
                 import_rows(env, batch, f"v{n}.jsonl", datetime.now(UTC))
+                if n == 0:
+                    assert _wait(lambda: _created(tmp_path, names[0]) > 0, 60)
+                    workers += [_worker(tmp_path, name, shared) for name in names[1:]]
                 if n == BATCHES // 2:
                     sb.wait_for_api_calls(sb.api_calls() + 5, timeout=30)
                     victim.send_signal(signal.SIGKILL)  # mid-run, leases held
                 time.sleep(0.3)
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 60
             while _live_jobs(env) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert _live_jobs(env) == 0, "work left after two minutes"
+            left = _live_jobs(env)
             logs = []
             for proc in workers:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
                 _out, err = proc.communicate(timeout=30)
                 logs.append(err)
+            assert left == 0, f"work left after two minutes: {logs}"
             for proc in workers[1:]:
                 assert proc.returncode == 0, logs
-            pushed = [_created(log) for log in logs]
+            pushed = [_created(tmp_path, name) for name in names]
             assert all(n > 0 for n in pushed), pushed  # every host pushed some
             assert sum(pushed[1:]) <= VISITS
             env.clock.now = datetime.now(UTC)
             assert calendar_problems(env) == []
             # the killed host's work was taken over: nothing failed, nothing doubled
             with env.store.read() as s:
-                failed = s.exec(select(func.count()).select_from(Job).where(Job.state == "failed")).one()
+                failed = s.exec(
+                    select(func.count()).select_from(Job).where(Job.state == "failed")
+                ).one()
             assert failed == 0
             assert "Traceback" not in "".join(logs[1:])
         finally:

@@ -15,25 +15,37 @@ from calsync_cli.apps import App
 from calsync_cli.config import Settings
 from calsync_cli.errors import ConfigError, InputError
 
+GOOGLE_EVENTS_SCOPE = "https://www.googleapis.com/auth/calendar.events"
+GOOGLE_CALENDARLIST_SCOPE = "https://www.googleapis.com/auth/calendar.calendarlist.readonly"
 GOOGLE_SCOPES: tuple[str, ...] = (
     # create, update and delete events; also read them, which pull mode uses for busy time
-    "https://www.googleapis.com/auth/calendar.events",
+    GOOGLE_EVENTS_SCOPE,
     # list the account's calendars so the user can choose one
-    "https://www.googleapis.com/auth/calendar.calendarlist.readonly",
+    GOOGLE_CALENDARLIST_SCOPE,
 )
+#: each Google scope calsync needs, as the consent screen's checkbox describes it
+GOOGLE_SCOPE_LABELS: dict[str, str] = {
+    GOOGLE_EVENTS_SCOPE: "View and edit events on all your calendars",
+    GOOGLE_CALENDARLIST_SCOPE: "See the list of Google calendars you're subscribed to",
+}
 MICROSOFT_SCOPES: tuple[str, ...] = ("Calendars.ReadWrite", "offline_access")
 
 GOOGLE_SETUP_HINT = (
     "Create an OAuth client of type 'Desktop app' in the Google Cloud console "
-    "(APIs & Services > Credentials, with the Google Calendar API enabled), then set "
-    "CALSYNC_GOOGLE_CLIENT_ID and CALSYNC_GOOGLE_CLIENT_SECRET (or google_client_id and "
-    "google_client_secret in config.toml)"
+    "(APIs & Services > Credentials, with the Google Calendar API enabled), publish the app "
+    "('In production') or make it Internal, since apps in 'Testing' get sign-ins that end "
+    "after 7 days, then set CALSYNC_GOOGLE_CLIENT_ID and CALSYNC_GOOGLE_CLIENT_SECRET (or "
+    "google_client_id and google_client_secret in config.toml); see the README, 'Before you "
+    "connect real accounts'"
 )
 MICROSOFT_SETUP_HINT = (
     "Register an app in the Microsoft Entra admin center (App registrations) with the platform "
     "'Mobile and desktop applications', redirect URI http://localhost, public client flows "
-    "allowed and the delegated permission Calendars.ReadWrite, then set "
-    "CALSYNC_MICROSOFT_CLIENT_ID (or microsoft_client_id in config.toml)"
+    "allowed, the delegated permission Calendars.ReadWrite and the supported account types "
+    "'Accounts in any organizational directory and personal Microsoft accounts' (for a "
+    "single-tenant registration also set CALSYNC_MICROSOFT_AUTHORITY="
+    "https://login.microsoftonline.com/<tenant id>), then set CALSYNC_MICROSOFT_CLIENT_ID (or "
+    "microsoft_client_id in config.toml); see the README, 'Before you connect real accounts'"
 )
 
 
@@ -58,6 +70,8 @@ class OAuthApp:
     extra_authorize_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: how the client authenticates at the token endpoint (Authlib's method names)
     token_endpoint_auth_method: Literal["client_secret_post", "none"] = "none"
+    #: the device authorization endpoint (RFC 8628); None where calsync cannot use one
+    device_code_url: str | None = None
 
     @property
     def scope(self) -> str:
@@ -125,6 +139,11 @@ def oauth_app(app: str, settings: Settings) -> OAuthApp:
             scopes=MICROSOFT_SCOPES,
             redirect_host="localhost",
             redirect_path="",
+            # Without it the browser's current Microsoft session silently picks the mailbox
+            # ("prompt=select_account interrupts single sign-on", Microsoft identity platform
+            # and OAuth 2.0 authorization code flow).
+            extra_authorize_params=MappingProxyType({"prompt": "select_account"}),
             token_endpoint_auth_method="none",
+            device_code_url=settings.microsoft_authority.rstrip("/") + "/oauth2/v2.0/devicecode",
         )
     raise InputError(f"unknown calendar app {app!r}", hint="Use google or outlook")

@@ -4,13 +4,23 @@ The listener answers the browser with a small page, hands the authorization code
 waiting caller, and then only answers "already done". It never logs: there is no access log,
 and neither the code nor the callback's query string reaches a log line, an exception message
 or a page.
+
+Only a request that carries the expected ``state`` can end the sign-in: any other local request
+(a port scanner, another program, a stale tab) gets 400 and the listener keeps waiting for the
+real redirect until the timeout. Each connection has ``read_deadline`` seconds to send its
+request, whatever pace it sends at, and closing the listener cuts every open connection, so no
+client can keep ``connect`` running past ``--timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import html
+import io
+import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +34,10 @@ from calsync_cli.errors import AuthError
 
 LISTEN_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 300.0
+
+#: seconds a connection may take to send its whole request (a browser needs milliseconds)
+READ_DEADLINE = 5.0
+_AADSTS = re.compile(r"AADSTS(\d{4,7})")
 
 TIMEOUT_HINT = (
     "Rerun with a longer --timeout, or with --no-browser and open the printed URL yourself"
@@ -39,6 +53,100 @@ class CallbackResult:
 
     def __repr__(self) -> str:  # the code stays out of logs
         return f"CallbackResult(code={'<redacted>' if self.code else None}, error={self.error!r})"
+
+
+def safe_code(text: str) -> str:
+    """An OAuth error code reduced to characters that are safe in a message or a page."""
+    return "".join(ch for ch in text if ch.isalnum() or ch in "_-.")[:60] or "unknown"
+
+
+def aadsts_code(description: str | None) -> int | None:
+    """The Microsoft Entra error number (``AADSTS50194`` -> 50194) in an error description."""
+    found = _AADSTS.search(description or "")
+    return int(found.group(1)) if found else None
+
+
+def state_matches(states: list[str], expected: str | None) -> bool:
+    return (
+        expected is not None
+        and len(states) == 1
+        and secrets.compare_digest(states[0].encode("utf-8"), expected.encode("utf-8"))
+    )
+
+
+def provider_error(title: str, code: str, description: str | None) -> AuthError:
+    """The sign-in error an ``error=`` answer of the authorization endpoint means.
+
+    Microsoft's codes are read from the ``AADSTS<number>`` of the description (never shown:
+    it can quote the app's name); Google's from ``error`` alone.
+    """
+    aad = aadsts_code(description)
+    if aad == 50194:
+        return AuthError(
+            f"sign-in failed: {title} says the app registration is single-tenant (AADSTS50194), "
+            "so it cannot sign in through /common",
+            hint="Set CALSYNC_MICROSOFT_AUTHORITY=https://login.microsoftonline.com/<tenant id> "
+            "(the Directory (tenant) ID on the app's Overview page in Entra), or change the "
+            "registration's supported account types to include other organisations and "
+            "personal accounts",
+        )
+    if aad in (65001, 90094, 90095) or code == "consent_required":
+        return AuthError(
+            f"sign-in failed: the organisation only lets administrators approve apps, and "
+            f"calsync's access to calendars (Calendars.ReadWrite) is not approved yet "
+            f"({'AADSTS' + str(aad) if aad else 'consent_required'})",
+            hint="Ask a Microsoft Entra administrator to grant admin consent to calsync's app "
+            "registration (API permissions > Grant admin consent), then run the command again",
+        )
+    if code == "access_denied" or aad == 65004:
+        return AuthError(
+            f"sign-in declined: the {title} account did not grant calsync access",
+            hint="Run the command again and allow access to connect the calendar",
+        )
+    return AuthError(
+        f"sign-in failed: {title} answered {safe_code(code)}" + (f" (AADSTS{aad})" if aad else ""),
+        hint="Check the OAuth client settings and run the command again",
+    )
+
+
+def interpret(query: dict[str, list[str]], title: str) -> CallbackResult:
+    """What a redirect's query (whose state was checked already) means: a code or an error."""
+    if query.get("error"):
+        descriptions = query.get("error_description") or []
+        return CallbackResult(
+            error=provider_error(
+                title, query["error"][0], descriptions[0] if descriptions else None
+            )
+        )
+    if not query.get("code") or not query["code"][0]:
+        return CallbackResult(
+            error=AuthError(
+                f"sign-in failed: {title} sent no authorization code",
+                hint="Run the command again",
+            )
+        )
+    return CallbackResult(code=query["code"][0])
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reading side that gives up at a fixed instant, however the bytes come:
+    each read waits at most until the deadline (a client trickling one byte a second would
+    otherwise reset a per-read timeout forever)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
 
 
 def _page(title: str, text: str, *, ok: bool) -> bytes:
@@ -60,13 +168,25 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = False  # "port already in use" must be reported, not papered over
 
-    def __init__(self, port: int, app_title: str) -> None:
+    def __init__(self, port: int, app_title: str, read_deadline: float) -> None:
         super().__init__((LISTEN_HOST, port), _Handler, bind_and_activate=True)
         self.app_title = app_title
+        self.read_deadline = read_deadline
         self.expected_state: str | None = None
         self.result: CallbackResult | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()
+        #: connections still sending their request (a response is small and never blocks)
+        self.connections: set[socket.socket] = set()
+
+    def cut_connections(self) -> None:
+        """Shut every connection still sending its request, so no handler thread outlives the
+        listener; one already answering finishes its page."""
+        with self.lock:
+            open_now = list(self.connections)
+        for conn in open_now:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The default prints a traceback to stderr; a broken browser connection is not news.
@@ -90,6 +210,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return  # no access log: the request line carries the authorization code
+
+    def setup(self) -> None:
+        super().setup()
+        deadline = time.monotonic() + self.server.read_deadline
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        # The request line and headers are read (a GET has no body): the handler only answers.
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        return ok
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         parts = urlsplit(self.path)
@@ -124,67 +264,38 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _callback(self, query: dict[str, list[str]]) -> None:
         title = self.server.app_title
-        expected = self.server.expected_state
-        states = query.get("state", [])
-        state_ok = (
-            expected is not None
-            and len(states) == 1
-            and secrets.compare_digest(states[0].encode("utf-8"), expected.encode("utf-8"))
-        )
-        if not state_ok:
-            result = CallbackResult(
-                error=AuthError(
-                    "sign-in failed: state mismatch (the answer did not belong to this sign-in)",
-                    hint="Run the command again and use the link it prints",
-                )
+        if not state_matches(query.get("state", []), self.server.expected_state):
+            # Not the answer to this sign-in (another program, a stale tab, a forgery): refuse
+            # it and keep waiting for the real redirect; it must not end the sign-in.
+            self._send_page(
+                HTTPStatus.BAD_REQUEST,
+                "Not this sign-in",
+                "This answer does not belong to the sign-in calsync is waiting for. Use the "
+                "sign-in link calsync printed most recently.",
             )
-            page = (
-                "Sign-in failed",
-                "This answer does not belong to the sign-in calsync started. "
-                "Return to the terminal and try again.",
-            )
-        elif query.get("error"):
-            code = query["error"][0]
-            if code == "access_denied":
-                result = CallbackResult(
-                    error=AuthError(
-                        f"sign-in declined: the {title} account did not grant calsync access",
-                        hint="Run the command again and allow access to connect the calendar",
-                    )
-                )
-                page = (
-                    "Access not granted",
-                    "You declined access, so calsync did not connect "
-                    "the calendar. You can close this tab.",
-                )
-            else:
-                safe = "".join(ch for ch in code if ch.isalnum() or ch in "_-.")[:60] or "unknown"
-                result = CallbackResult(
-                    error=AuthError(
-                        f"sign-in failed: {title} answered {safe}",
-                        hint="Check the OAuth client settings and run the command again",
-                    )
-                )
-                page = (
-                    "Sign-in failed",
-                    f"{title} reported an error ({safe}). Return to the terminal for details.",
-                )
-        elif not query.get("code") or not query["code"][0]:
-            result = CallbackResult(
-                error=AuthError(
-                    f"sign-in failed: {title} sent no authorization code",
-                    hint="Run the command again",
-                )
-            )
-            page = (
-                "Sign-in failed",
-                "The answer carried no authorization code. Return to the terminal and try again.",
-            )
-        else:
-            result = CallbackResult(code=query["code"][0])
+            return
+        result = interpret(query, title)
+        if result.error is None:
             page = (
                 "Signed in",
                 "calsync received your sign-in. You can close this tab and return to the terminal.",
+            )
+        elif result.error.message.startswith("sign-in declined"):
+            page = (
+                "Access not granted",
+                "You declined access, so calsync did not connect "
+                "the calendar. You can close this tab.",
+            )
+        elif query.get("error"):
+            page = (
+                "Sign-in failed",
+                f"{title} reported an error ({safe_code(query['error'][0])}). "
+                "Return to the terminal for details.",
+            )
+        else:
+            page = (
+                "Sign-in failed",
+                "The answer carried no authorization code. Return to the terminal and try again.",
             )
         if not self.server.finish(result):
             self._send_page(
@@ -220,11 +331,17 @@ class LoopbackListener:
     ``wait(timeout)`` returns the code or raises ``AuthError``.
     """
 
-    def __init__(self, port: int = 0, *, app_title: str = "the provider") -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        app_title: str = "the provider",
+        read_deadline: float = READ_DEADLINE,
+    ) -> None:
         if not 0 <= port <= 65535:
             raise AuthError(f"port {port} is not a TCP port", hint="Pass --port 1024..65535")
         try:
-            self._server = _Server(port, app_title)
+            self._server = _Server(port, app_title, read_deadline)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise AuthError(
@@ -287,4 +404,6 @@ class LoopbackListener:
         if self._started:
             self._server.shutdown()
             self._thread.join()
+        # Handler threads still reading a slow request end now, not at their own pace.
+        self._server.cut_connections()
         self._server.server_close()

@@ -17,13 +17,13 @@ from typing import Any, Literal
 import httpx2
 from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
+from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from calsync_cli.apps import connect_command
 from calsync_cli.auth.apps import OAuthApp
-from calsync_cli.auth.loopback import DEFAULT_TIMEOUT, LoopbackListener
+from calsync_cli.auth.grants import SignIn, oauth_client, redeem_code
+from calsync_cli.auth.loopback import DEFAULT_TIMEOUT, LoopbackListener, aadsts_code
 from calsync_cli.auth.tokens import Tokens, TokenSlot, TokenStorage, held, utcnow
-from calsync_cli.errors import AuthError
 from calsync_cli.providers._http import client_options
 from calsync_cli.providers.base import (
     RateLimited,
@@ -34,6 +34,8 @@ from calsync_cli.providers.base import (
 
 #: seconds before expiry at which an access token counts as expired
 REFRESH_LEEWAY = 60.0
+#: the refresh errors that mean the grant is gone and only a new sign-in helps
+REAUTH_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required"})
 MICROSOFT_CONSENT_PAGES = (
     "https://account.live.com/consent/Manage (personal account) or "
     "https://myapplications.microsoft.com (work or school account)"
@@ -64,26 +66,20 @@ def sign_in(
     clock: Callable[[], float] = time.monotonic,
     now: Callable[[], datetime] = utcnow,
     transport: httpx2.BaseTransport | None = None,
-) -> Tokens:
+) -> SignIn:
     """Run the loopback sign-in and return the new tokens (nothing is stored).
 
     Binds 127.0.0.1:``port`` (0: any free port), builds the authorization URL, calls
     ``announce_url(url)`` and then ``open_browser(url)`` when given, waits up to ``timeout``
     seconds for the redirect, and exchanges the code. Raises ``AuthError`` for a busy port, a
-    declined consent, a state mismatch, a missing code, a timeout or a refused exchange.
-    ``clock`` measures the timeout; ``now`` dates the token expiry; ``transport`` replaces the
-    network for the token request (tests).
+    declined consent, a missing code, a timeout or a refused exchange (a local request with a
+    wrong state is answered 400 and ignored). ``clock`` measures the timeout; ``now`` dates the
+    token expiry; ``transport`` replaces the network for the token request (tests).
     """
     with LoopbackListener(port, app_title=app.title) as listener:
         redirect_uri = app.redirect_uri(listener.port)
-        code_verifier = generate_token(64)  # RFC 7636: 43..128 unreserved characters
-        with _sync_client(app, redirect_uri, transport) as client:
-            extra: dict[str, str] = dict(app.extra_authorize_params)
-            if login_hint:
-                extra["login_hint"] = login_hint
-            url, state = client.create_authorization_url(
-                app.authorize_url, code_verifier=code_verifier, **extra
-            )
+        with oauth_client(app, redirect_uri, transport) as client:
+            url, state, code_verifier = authorization_url(app, client, login_hint)
             listener.expect(state)
             announce_url(url)
             if open_browser is not None:
@@ -91,59 +87,26 @@ def sign_in(
                 with contextlib.suppress(Exception):
                     open_browser(url)
             code = listener.wait(timeout, clock=clock)
-            try:
-                response = client.fetch_token(
-                    app.token_url,
-                    grant_type="authorization_code",
-                    code=code,
-                    code_verifier=code_verifier,
-                    redirect_uri=redirect_uri,  # exactly the string of the authorization request
-                )
-            except OAuthError as exc:
-                raise AuthError(
-                    f"{app.title} refused the code exchange ({_error_code(exc)})",
-                    hint="Run the command again; check the client id and secret if it repeats",
-                ) from None
-            except httpx2.HTTPStatusError as exc:
-                raise AuthError(
-                    f"{app.title}'s token endpoint answered HTTP {exc.response.status_code}",
-                    hint="Try again in a minute",
-                ) from None
-            except httpx2.HTTPError as exc:
-                raise AuthError(
-                    f"could not reach {app.title}'s token endpoint ({type(exc).__name__})",
-                    hint="Check the network connection and run the command again",
-                ) from None
-            except ValueError:
-                raise AuthError(
-                    f"{app.title}'s token endpoint answered something that is not a token",
-                    hint="Check CALSYNC_* endpoint settings",
-                ) from None
-    try:
-        tokens = Tokens.from_token_response(dict(response), now())
-    except ValueError:
-        raise AuthError(
-            f"{app.title}'s token endpoint answered without an access token",
-            hint="Run the command again",
-        ) from None
-    if not tokens.refresh_token:
-        raise AuthError(
-            f"{app.title} issued no refresh token, so calsync could not keep syncing",
-            hint="Run the command again and grant offline access",
-        )
-    return tokens
+            return redeem_code(
+                app,
+                client,
+                code=code,
+                code_verifier=code_verifier,
+                redirect_uri=redirect_uri,
+                now=now(),
+            )
 
 
-def _sync_client(app: OAuthApp, redirect_uri: str, transport: httpx2.BaseTransport | None) -> Any:
-    return OAuth2Client(
-        client_id=app.client_id,
-        client_secret=app.client_secret,
-        token_endpoint_auth_method=app.token_endpoint_auth_method,
-        scope=app.scope,
-        redirect_uri=redirect_uri,
-        code_challenge_method="S256",
-        **client_options(transport),
+def authorization_url(app: OAuthApp, client: Any, login_hint: str | None) -> tuple[str, str, str]:
+    """The sign-in address (PKCE S256 + state) and its ``state`` and code verifier."""
+    code_verifier = generate_token(64)  # RFC 7636: 43..128 unreserved characters
+    extra: dict[str, str] = dict(app.extra_authorize_params)
+    if login_hint:
+        extra["login_hint"] = login_hint
+    url, state = client.create_authorization_url(
+        app.authorize_url, code_verifier=code_verifier, **extra
     )
+    return url, state, code_verifier
 
 
 # -- refresh ---------------------------------------------------------------------------------
@@ -157,8 +120,9 @@ class KeyringTokenSource(TokenSource):
     stores the answer, including a rotated refresh token. Concurrent callers share one refresh.
 
     Raises ``ReauthRequired`` ("reconnect needed") when there are no tokens or the provider
-    answers ``invalid_grant``; ``Unavailable`` / ``RateLimited`` when the token endpoint is
-    unreachable, failing or throttling; ``KeyringError`` when the keyring fails.
+    answers ``invalid_grant`` / ``interaction_required`` / ``consent_required``;
+    ``Unavailable`` / ``RateLimited`` when the token endpoint is unreachable, failing,
+    throttling or answers any other error; ``KeyringError`` when the keyring fails.
     """
 
     def __init__(
@@ -249,7 +213,7 @@ class KeyringTokenSource(TokenSource):
                 "reconnect needed: no refresh token stored",
                 hint=reconnect_hint(self.app, self.provider_id),
             )
-        response = await self._call_token_endpoint(tokens.refresh_token)
+        response = await self._call_token_endpoint(tokens.refresh_token, self._scope(tokens))
         try:
             fresh = Tokens.from_token_response(response, self.clock(), previous=tokens)
         except ValueError:
@@ -266,39 +230,47 @@ class KeyringTokenSource(TokenSource):
         self.refresh_count += 1
         return fresh
 
-    async def _call_token_endpoint(self, refresh_token: str) -> dict[str, Any]:
+    def _scope(self, tokens: Tokens) -> str:
+        """The scopes a refresh asks for: Google's granted ones (granular consent may have
+        left some out, and a refresh asking for more answers invalid_scope); the sign-in's
+        for Microsoft, whose answer leaves out ``offline_access``."""
+        if self.app.name == "google" and tokens.scope:
+            return tokens.scope
+        return self.app.scope
+
+    async def _call_token_endpoint(self, refresh_token: str, scope: str) -> dict[str, Any]:
         title = self.app.title
+        seen: list[httpx2.Response] = []
+
+        def remember(response: httpx2.Response) -> httpx2.Response:
+            seen.append(response)
+            return response
+
         try:
             async with AsyncOAuth2Client(
                 client_id=self.app.client_id,
                 client_secret=self.app.client_secret,
                 token_endpoint_auth_method=self.app.token_endpoint_auth_method,
-                # a refresh asks for the same scopes as the sign-in
-                scope=self.app.scope,
+                scope=scope,
                 **client_options(self._transport),
             ) as client:
+                client.register_compliance_hook("refresh_token_response", remember)
                 token = await client.refresh_token(self.app.token_url, refresh_token=refresh_token)
         except OAuthError as exc:
-            code = _error_code(exc)
-            message = (
-                "reconnect needed"
-                if code == "invalid_grant"
-                else f"reconnect needed: {title} refused the refresh ({code})"
-            )
-            raise ReauthRequired(
-                message, status=400, hint=reconnect_hint(self.app, self.provider_id)
-            ) from None
+            raise self._refusal(exc, seen[-1] if seen else None) from None
         except httpx2.HTTPStatusError as exc:
             status = exc.response.status_code
+            retry_after = _retry_after(exc.response.headers.get("Retry-After"))
             if status == 429:
-                retry_after = _retry_after(exc.response.headers.get("Retry-After"))
                 raise RateLimited(
                     f"{title}'s token endpoint throttled the refresh",
                     retry_after=retry_after,
                     status=status,
                 ) from None
             raise Unavailable(
-                f"{title}'s token endpoint answered HTTP {status} to the refresh", status=status
+                f"{title}'s token endpoint answered HTTP {status} to the refresh",
+                status=status,
+                retry_after=retry_after,
             ) from None
         except httpx2.HTTPError as exc:
             raise Unavailable(
@@ -307,6 +279,46 @@ class KeyringTokenSource(TokenSource):
         except ValueError:
             raise Unavailable(f"{title}'s token endpoint answered something not a token") from None
         return dict(token)
+
+    def _refusal(self, exc: OAuthError, response: httpx2.Response | None) -> Exception:
+        """A JSON error answer to a refresh. Only a dead grant means "reconnect needed"
+        (``invalid_grant``, or Microsoft's ``interaction_required`` / ``consent_required``);
+        Microsoft's 400 ``temporarily_unavailable`` / ``server_error`` ("Retry the request",
+        Microsoft identity platform and OAuth 2.0 authorization code flow, Error codes), a JSON
+        429 and anything else are retried later."""
+        title = self.app.title
+        code = _error_code(exc)
+        aad = aadsts_code(exc.description)
+        status = response.status_code if response is not None else None
+        if code in REAUTH_ERRORS:
+            if code == "consent_required" or aad == 65001:
+                message = (
+                    f"reconnect needed: {title} wants consent again (AADSTS65001); "
+                    "an administrator may have to approve calsync"
+                )
+            elif code == "invalid_grant":
+                message = "reconnect needed"
+            else:
+                message = f"reconnect needed: {title} refused the refresh ({code})"
+            return ReauthRequired(
+                message, status=status or 400, hint=reconnect_hint(self.app, self.provider_id)
+            )
+        retry_after = (
+            _retry_after(response.headers.get("Retry-After")) if response is not None else None
+        )
+        if status == 429 or code in ("rate_limit_exceeded", "slow_down"):
+            return RateLimited(
+                f"{title}'s token endpoint throttled the refresh ({code})",
+                retry_after=retry_after,
+                status=status,
+            )
+        return Unavailable(
+            f"{title}'s token endpoint could not refresh the sign-in now ({code}"
+            + (f", HTTP {status}" if status else "")
+            + ")",
+            status=status,
+            retry_after=retry_after,
+        )
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,7 +17,12 @@ from calsync_cli.cli import context, output
 from calsync_cli.cli.options import IntegrationArg, JsonOpt
 
 if TYPE_CHECKING:
+    from calsync_cli.auth import DeviceCode, RemoteSignIn
     from calsync_cli.providers.base import Calendar
+
+#: pauses between device-code polls, and measures --timeout (tests replace them: no sleeping)
+device_wait = time.sleep
+sign_in_clock = time.monotonic
 
 
 class App(StrEnum):
@@ -32,6 +40,87 @@ def announce_url(url: str) -> None:
     sys.stderr.write("Open this address in a browser to sign in:\n")
     sys.stderr.write(url + "\n")
     sys.stderr.flush()
+
+
+def _json_line(data: dict[str, Any]) -> None:
+    """One JSON object on a line of its own on stderr, for a script to pick up and forward."""
+    sys.stderr.write(json.dumps(data, separators=(",", ":")) + "\n")
+    sys.stderr.flush()
+
+
+def _minutes(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def announce_device_code(code: DeviceCode, *, provider_id: str, as_json: bool) -> None:
+    """Where to enter the code, in plain words (stderr); with --json also as a JSON line."""
+    if as_json:
+        _json_line({**code.to_json(), "provider_id": provider_id})
+    sys.stderr.write(
+        f"To connect {provider_id}'s Outlook calendar, open {code.verification_uri} in a web "
+        f"browser on any computer or phone, enter the code {code.user_code} and sign in with "
+        f"the Microsoft account whose calendar should show the visits. The code works for "
+        f"{_minutes(code.expires_in)}.\n"
+        "Waiting for the sign-in (Ctrl-C to stop)...\n"
+    )
+    sys.stderr.flush()
+
+
+def remote_steps(prompt: RemoteSignIn) -> list[str]:
+    """What the clinician does, for someone who is not technical."""
+    account = "Google" if prompt.app == "google" else "Microsoft"
+    return [
+        f"Open the sign-in link in your web browser and sign in with the {account} account "
+        "whose calendar should show your visits.",
+        "Allow calsync's access (if there are boxes to tick, tick them all).",
+        "Your browser then shows an error page such as 'This site can't be reached' or "
+        "'Unable to connect'. That is expected: nothing is broken.",
+        "Copy the whole address from the browser's address bar (it starts with "
+        f"{prompt.redirect_uri.rstrip('/')}/) and send it back right away: it works only once "
+        "and only for a few minutes.",
+    ]
+
+
+def announce_remote(prompt: RemoteSignIn, *, provider_id: str, as_json: bool) -> None:
+    """The sign-in link and the clinician's instructions (stderr); with --json also as one
+    JSON line a script can forward."""
+    steps = remote_steps(prompt)
+    if as_json:
+        instructions = " ".join(f"{n}. {step}" for n, step in enumerate(steps, 1))
+        _json_line({**prompt.to_json(), "provider_id": provider_id, "instructions": instructions})
+    sys.stderr.write(
+        "Send this sign-in link to the clinician (or open it yourself on any computer):\n"
+        f"{prompt.url}\n"
+        "Instructions for the clinician:\n"
+        + "".join(f"  {n}. {step}\n" for n, step in enumerate(steps, 1))
+        + "Then paste the address they send back here (standard input) and press Enter.\n"
+    )
+    sys.stderr.flush()
+
+
+def read_answer(timeout: float) -> str | None:
+    """One line from standard input (with a prompt on a terminal), or None at end of input or
+    after ``timeout`` seconds."""
+    if stdin_is_terminal():
+        sys.stderr.write("Address: ")
+        sys.stderr.flush()
+    lines: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            lines.append(sys.stdin.readline())
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass
+        finally:
+            done.set()
+
+    # A daemon thread: a prompt nobody answers must not keep the process alive at the timeout.
+    threading.Thread(target=reader, name="calsync-read-answer", daemon=True).start()
+    if not done.wait(timeout):
+        return None
+    return lines[0] if lines and lines[0] else None
 
 
 def can_open_browser() -> bool:
@@ -107,25 +196,63 @@ def connect(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1, help="Seconds to wait for the sign-in.")
     ] = 300,
+    device_code: Annotated[
+        bool,
+        typer.Option(
+            "--device-code",
+            help="Outlook only: print an address and a code to enter on any device, and wait "
+            "until the clinician approves (no redirect, no browser here).",
+        ),
+    ] = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Sign in on another machine: print the sign-in link, then read back (standard "
+            "input) the address the clinician's browser ended on.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Sign in to Google or Microsoft and connect a clinician's calendar.
 
-    Prints the sign-in address (and opens it in a browser unless --no-browser or there is no
-    display). Connecting a provider that already has an integration for this app signs that
-    integration in again. Without --calendar calsync asks on a terminal, else the integration
-    stays Pending until 'calsync calendars select'.
+    Three ways to sign in: in a browser on this machine (the default: prints the sign-in
+    address and opens it unless --no-browser or there is no display), --device-code (Outlook:
+    a code entered on any device), or --remote (a link the clinician opens anywhere; they send
+    back the address their browser ends on). Connecting a provider that already has an
+    integration for this app signs that integration in again. Without --calendar calsync asks
+    on a terminal, else the integration stays Pending until 'calsync calendars select'.
     """
+    from calsync_cli.errors import InputError
     from calsync_cli.services import connections, integrations
 
+    if device_code and remote:
+        raise InputError(
+            "--device-code and --remote are two different ways to sign in", hint="Choose one"
+        )
+    if device_code and port:
+        raise InputError("--port has no use with --device-code", hint="Leave --port out")
+    method: connections.SignInMethod = (
+        "device_code" if device_code else "remote" if remote else "browser"
+    )
     opts = connections.ConnectOptions(
         app=app_name.value,
         provider_id=provider,
         calendar_id=calendar,
+        method=method,
         port=port,
         timeout=timeout,
         open_browser=None if no_browser or not can_open_browser() else open_browser,
         announce_url=announce_url,
+        announce_device_code=lambda code: announce_device_code(
+            code, provider_id=provider, as_json=as_json
+        ),
+        announce_remote=lambda prompt: announce_remote(
+            prompt, provider_id=provider, as_json=as_json
+        ),
+        read_answer=lambda: read_answer(timeout),
+        wait=lambda seconds: device_wait(seconds),
+        clock=lambda: sign_in_clock(),
         notify=output.say,
         choose=pick_calendar if calendar is None and interactive() else None,
     )

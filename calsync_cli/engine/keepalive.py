@@ -27,12 +27,11 @@ IDLE = timedelta(days=7)
 async def keep_alive(
     store: Store, settings: Settings, *, now: datetime, idle: timedelta = IDLE
 ) -> dict[str, Any]:
-    from calsync_cli.auth.tokens import TokenStore
-    from calsync_cli.services.clients import token_source
+    from calsync_cli.services.clients import token_source, token_store
 
     with store.read() as session:
         integrations = store_integrations.signed_in(session)
-    tokens_store = TokenStore()
+    tokens_store = token_store(settings, store)
     refreshed: list[int] = []
     reauth: list[int] = []
     errors: dict[int, str] = {}

@@ -57,7 +57,11 @@ async def run_sync(
     pull_too: bool = True,
 ) -> SyncReport:
     """Push what is due (``worker``), then read the busy time of pull and two-way integrations
-    that are not paused."""
+    that are not paused. A host whose token store cannot open the sealed tokens (a missing or
+    wrong key) stops here, before claiming anything."""
+    from calsync_cli.services.clients import check_token_store
+
+    check_token_store(settings, store)
     report = SyncReport(await worker.run_once())
     if pull_too:
         report.pulled = await pull(store, settings, now=now(), include_paused=False)

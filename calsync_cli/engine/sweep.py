@@ -115,7 +115,9 @@ async def sweep_and_keep_alive(
     """What ``calsync sweep`` runs: the sweep, then the token keep-alive (``tokens`` in the
     answer, with ``reauth_needed`` naming the integrations that need signing in again)."""
     from calsync_cli.engine.keepalive import keep_alive
+    from calsync_cli.services.clients import check_token_store
 
+    check_token_store(settings, store)
     data = sweep(store, settings, now=now, lookback=lookback, retry_failed=retry_failed)
     data["tokens"] = await keep_alive(store, settings, now=now)
     return data

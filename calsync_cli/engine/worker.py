@@ -170,7 +170,16 @@ def owner_is_dead_here(owner: str) -> bool:
         return True
     except OSError:  # exists, owned by someone else
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped yet (Linux ``/proc``): dead all the same."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class Worker:

@@ -12,8 +12,9 @@ latency, expired or revoked grants). The test suite, ``calsync demo`` and
 
 URL layout (below ``sb.url``): ``/google/o/oauth2/v2/auth``, ``/google/token``,
 ``/google/revoke``, ``/google/calendar/v3``, ``/google/batch/calendar/v3``;
-``/microsoft/common/oauth2/v2.0/{authorize,token}``, ``/microsoft/graph/v1.0``; and the control
-API under ``/_sandbox`` (see ``calsync_cli.sandbox._control``).
+``/microsoft/common/oauth2/v2.0/{authorize,token,devicecode}`` (any tenant in place of
+``common``), ``/microsoft/devicelogin`` (where a user code is entered), ``/microsoft/graph/v1.0``;
+and the control API under ``/_sandbox`` (see ``calsync_cli.sandbox._control``).
 """
 
 from __future__ import annotations

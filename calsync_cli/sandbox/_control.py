@@ -18,6 +18,15 @@
 ``POST /_sandbox/latency``            ``{seconds}``: the global latency
 ``GET  /_sandbox/stats``              counters; ``POST /_sandbox/stats/reset`` clears them
 ``GET  /_sandbox/revocations``        ``?app&email`` -> ``{revocations}``
+``POST /_sandbox/apps``               ``{app, publishing?, single_tenant?, user_consent?}``: how
+                                      the OAuth client is registered (see ``Sandbox.register_app``)
+``POST /_sandbox/granular``           ``{email, withhold: [scope...]}``: Google scopes the
+                                      account leaves unticked on the consent screen
+``POST /_sandbox/browser_session``    ``{app, email|null}``: the account already signed in
+``GET  /_sandbox/devicecodes``        ``{device_codes: [{user_code, decision, account, redeemed}]}``
+``POST /_sandbox/devicecodes``        ``{user_code, decision: allow|deny|expire, account?}``
+``POST /_sandbox/devicecodes/settings`` ``{interval?, expires_in?}`` for codes issued from now
+``POST /_sandbox/token_faults``       ``{app, error, status?, n?}``: the next token answers
 ====================================  ============================================================
 """
 
@@ -145,6 +154,46 @@ def _route(sb: Sandbox, req: Request, segs: list[str]) -> Response:
         return json_response(200, sb.stats())
     if segs == ["stats", "reset"] and m == "POST":
         sb.reset_stats()
+        return json_response(200, {"ok": True})
+    if segs == ["apps"] and m == "POST":
+        data = _body(req)
+        (app,) = _need(data, "app")
+        sb.register_app(
+            app,
+            publishing=data.get("publishing"),
+            single_tenant=data.get("single_tenant", False),
+            user_consent=data.get("user_consent"),
+        )
+        return json_response(200, {"ok": True})
+    if segs == ["granular"] and m == "POST":
+        data = _body(req)
+        (email,) = _need(data, "email")
+        sb.withhold_scopes(email, list(data.get("withhold") or []))
+        return json_response(200, {"ok": True})
+    if segs == ["browser_session"] and m == "POST":
+        data = _body(req)
+        (app,) = _need(data, "app")
+        sb.browser_session(app, data.get("email"))
+        return json_response(200, {"ok": True})
+    if segs == ["devicecodes"] and m == "GET":
+        return json_response(200, {"device_codes": sb.device_codes()})
+    if segs == ["devicecodes"] and m == "POST":
+        data = _body(req)
+        (user_code,) = _need(data, "user_code")
+        sb.answer_device_code(user_code, data.get("decision", "allow"), data.get("account"))
+        return json_response(200, {"ok": True})
+    if segs == ["devicecodes", "settings"] and m == "POST":
+        data = _body(req)
+        interval, expires_in = data.get("interval"), data.get("expires_in")
+        sb.device_code_settings(
+            interval=float(interval) if interval is not None else None,
+            expires_in=float(expires_in) if expires_in is not None else None,
+        )
+        return json_response(200, {"ok": True})
+    if segs == ["token_faults"] and m == "POST":
+        data = _body(req)
+        app, error = _need(data, "app", "error")
+        sb.fail_token_requests(app, int(data.get("n", 1)), int(data.get("status", 400)), str(error))
         return json_response(200, {"ok": True})
     if segs == ["revocations"] and m == "GET":
         app, email = _need(q, "app", "email")

@@ -29,6 +29,7 @@ from calsync_cli.sandbox._core import (
     rfc3339_ms,
     with_query,
 )
+from calsync_cli.sandbox._oauth_state import TESTING_REFRESH_LIFETIME
 from calsync_cli.sandbox._pipeline import Call, Prepared, Route, finish, prepare, run_call
 from calsync_cli.sandbox._state import (
     CODE_TTL,
@@ -86,6 +87,14 @@ NEEDS: dict[str, set[str]] = {
             "calendar.freebusy",
         )
     },
+}
+
+SIGN_IN_SCOPES = {
+    "openid",
+    "email",
+    "profile",
+    SCOPE_PREFIX + "userinfo.email",
+    SCOPE_PREFIX + "userinfo.profile",
 }
 
 EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")
@@ -908,6 +917,13 @@ class GoogleService:
         prompt = params.get("prompt", "").split()
         with self.state.lock:
             rec = self.state.find("google", email)
+            # Granular consent: "If an app requests more than one scope, the user can choose to
+            # grant access to only some of them" by ticking a checkbox per scope; sign-in scopes
+            # (openid, email, profile) have none ("How to handle granular permissions", Google
+            # Identity). The token answer's scope lists what was granted.
+            withheld = self.state.oauth.withheld.get(("google", rec.email.lower()), set())
+            if len([s for s in scopes if s not in SIGN_IN_SCOPES]) > 1:
+                scopes = [s for s in scopes if s not in withheld]
             grant = self.state.locked_grant_for("google", client_id, rec.email)
             first = grant is None
             if grant is None:
@@ -937,6 +953,10 @@ class GoogleService:
 
     def token(self, req: Request) -> Response:
         form = req.form()
+        with self.state.lock:
+            fault = self.state.oauth.take_token_fault("google")
+        if fault is not None:
+            return oauth_error(fault.status, fault.error, "Injected by the sandbox.")
         client_id, secret = oc.client_credentials(req, form)
         if client_id != self.state.clients["google"]:
             return oauth_error(401, "invalid_client", "The OAuth client was not found.")
@@ -978,13 +998,22 @@ class GoogleService:
                 "token_type": "Bearer",
             }
             if code.issue_refresh:
-                out["refresh_token"] = self.state.locked_issue_refresh(grant)
+                refresh = self.state.locked_issue_refresh(grant)
+                out["refresh_token"] = refresh
+                if self.state.oauth.apps["google"].publishing == "testing":
+                    lifetime = TESTING_REFRESH_LIFETIME
+                    out["refresh_token_expires_in"] = lifetime
+                    self.state.oauth.refresh_deadlines[refresh] = time.monotonic() + lifetime
         return json_response(200, out, [("Cache-Control", "no-store"), ("Pragma", "no-cache")])
 
     def _token_refresh(self, form: dict[str, str], client_id: str) -> Response:
         with self.state.lock:
-            grant = self.state.refresh_tokens.get(form.get("refresh_token", ""))
+            token = form.get("refresh_token", "")
+            grant = self.state.refresh_tokens.get(token)
             if grant is None or not grant.alive:
+                return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+            deadline = self.state.oauth.refresh_deadlines.get(token)
+            if deadline is not None and time.monotonic() > deadline:
                 return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
             if grant.client_id != client_id:
                 return oauth_error(401, "unauthorized_client", "Unauthorized")

@@ -10,6 +10,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from html import escape
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -22,6 +23,7 @@ from calsync_cli.sandbox._core import (
     error_page,
     graph_stamp,
     graph_zone,
+    html_response,
     json_response,
     now,
     overlaps,
@@ -30,6 +32,7 @@ from calsync_cli.sandbox._core import (
     redirect,
     with_query,
 )
+from calsync_cli.sandbox._oauth_state import MULTI_TENANT_PATHS, DeviceCodeRec
 from calsync_cli.sandbox._pipeline import Call, Route, run_call
 from calsync_cli.sandbox._state import (
     CODE_TTL,
@@ -45,6 +48,7 @@ from calsync_cli.sandbox._state import (
 )
 
 GRAPH_PREFIX = "/microsoft/graph/v1.0"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MAX_BATCH = 20
 RESERVED_SCOPES = {"offline_access", "openid", "profile", "email"}
 READ_SCOPES = {"calendars.read", "calendars.readwrite", "calendars.readbasic"}
@@ -122,6 +126,14 @@ def aad_error(status: int, error: str, code: int, message: str) -> Response:
             "correlation_id": corr,
             "error_uri": f"https://login.microsoftonline.com/error?code={code}",
         },
+    )
+
+
+def consent_message(client_id: str) -> str:
+    return (
+        f"AADSTS65001: The user or administrator has not consented to use the application with "
+        f"ID '{client_id}' named 'calsync'. Send an interactive authorization request for this "
+        "user and resource."
     )
 
 
@@ -969,15 +981,33 @@ class MicrosoftService:
                 "invalid_request",
                 "AADSTS9002325: Proof Key for Code Exchange is required for this client.",
             )
+        tenant_refusal = self._tenant_refusal(req, client_id)
+        if tenant_refusal is not None:
+            # Entra redirects AADSTS50194 back to the app as invalid_request (field reports:
+            # microsoftgraph/aspnetcore-connect-sample#65, microsoftgraph/msgraph-sample-phpapp#199)
+            return fail("invalid_request", tenant_refusal)
         if req.method == "GET" and not self.state.auto_approve:
             return oc.consent_page("Microsoft", req.raw_path, params, self.state, "outlook")
         decision, email = oc.decide(self.state, "outlook", params)
+        prompt = params.get("prompt", "").split()
+        with self.state.lock:
+            session = self.state.oauth.browser_session.get("outlook")
+        if session is not None and not {"select_account", "login"} & set(prompt):
+            # Single sign-on: the browser's current Microsoft session is used without asking
+            # unless prompt=select_account (or login) "interrupts single sign-on" (Microsoft
+            # identity platform and OAuth 2.0 authorization code flow, Request an authorization
+            # code: prompt). The harsher reading: login_hint does not override the session.
+            email = session
         if email is None:
             return error_page(400, "No account", "The sandbox has no Microsoft account.")
         if decision != "allow":
             return fail("access_denied", "AADSTS65004: User declined to consent to access the app.")
         with self.state.lock:
             rec = self.state.find("outlook", email)
+            if not self.state.oauth.apps["outlook"].user_consent:
+                # A tenant where only administrators may consent ("Configure how users consent
+                # to applications", Microsoft Entra): the user cannot grant Calendars.ReadWrite.
+                return fail("consent_required", consent_message(client_id))
             grant = self.state.locked_grant_for("outlook", client_id, rec.email)
             if grant is None:
                 grant = self.state.locked_new_grant("outlook", client_id, rec.email, set(scopes))
@@ -1000,8 +1030,164 @@ class MicrosoftService:
             out["state"] = state_param
         return redirect(with_query(redirect_uri, out))
 
+    def _tenant_refusal(self, req: Request, client_id: str) -> str | None:
+        """AADSTS50194 for a single-tenant registration reached through /common: "Application
+        is not configured as a multi-tenant application. Usage of the /common endpoint is not
+        supported for such applications created after '10/15/2018'" (Microsoft Entra
+        authentication and authorization error codes)."""
+        segs = req.segments()
+        tenant = segs[1] if len(segs) > 1 else "common"
+        with self.state.lock:
+            single = self.state.oauth.apps["outlook"].single_tenant
+        if single is None or tenant.lower() not in MULTI_TENANT_PATHS:
+            return None
+        return (
+            f"AADSTS50194: Application '{client_id}'(calsync) is not configured as a "
+            "multi-tenant application. Usage of the /common endpoint is not supported for such "
+            "applications created after '10/15/2018'. Use a tenant-specific endpoint or "
+            "configure the application to be multi-tenant."
+        )
+
+    def devicecode(self, req: Request) -> Response:
+        """The device authorization endpoint ("Microsoft identity platform and the OAuth 2.0
+        device authorization grant flow", Device authorization request)."""
+        form = req.form()
+        client_id = form.get("client_id", "")
+        if client_id != self.state.clients["outlook"]:
+            return aad_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory.",
+            )
+        refusal = self._tenant_refusal(req, client_id)
+        if refusal is not None:
+            return aad_error(400, "invalid_request", 50194, refusal.split(": ", 1)[1])
+        scopes = form.get("scope", "").split()
+        if not scopes:
+            return aad_error(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'scope'.",
+            )
+        with self.state.lock:
+            od = self.state.oauth
+            user_code = od.new_user_code()
+            device_code = "DAQABAAEAAA" + secrets.token_urlsafe(60)
+            od.device_codes[device_code] = DeviceCodeRec(
+                device_code=device_code,
+                user_code=user_code,
+                client_id=client_id,
+                scopes=scopes,
+                expires_at=time.monotonic() + od.device_ttl,
+                interval=od.device_interval,
+            )
+            uri = f"{self.state.base_url}/microsoft/devicelogin"
+            out = {
+                "user_code": user_code,
+                "device_code": device_code,
+                "verification_uri": uri,
+                "expires_in": int(od.device_ttl),
+                "interval": int(od.device_interval)
+                if od.device_interval.is_integer()
+                else od.device_interval,
+                "message": f"To sign in, use a web browser to open the page {uri} and enter the "
+                f"code {user_code} to authenticate.",
+            }
+        return json_response(200, out, [("Cache-Control", "no-store")])
+
+    def devicelogin(self, req: Request) -> Response:
+        """The page the user enters the code on (the sandbox's microsoft.com/devicelogin): a
+        form with the code, the account, and Allow / Deny."""
+        if req.method == "POST":
+            form = req.form()
+            with self.state.lock:
+                try:
+                    rec = self.state.oauth.by_user_code(form.get("code", ""))
+                except KeyError:
+                    return error_page(400, "Code not found", "That code was not recognised.")
+                acct = self.state.accounts.get(("outlook", form.get("account", "").lower()))
+                first = self.state.first_account("outlook")
+                chosen = acct or first
+                if chosen is None:
+                    return error_page(400, "No account", "The sandbox has no Microsoft account.")
+                rec.email = chosen.email
+                rec.decision = "allow" if form.get("decision") == "allow" else "deny"
+            return error_page(200, "Done", "You can close this window and return to the device.")
+        with self.state.lock:
+            emails = [r.email for (a, _), r in self.state.accounts.items() if a == "outlook"]
+        options = "".join(f"<option>{escape(e)}</option>" for e in emails)
+        body = (
+            "<h1>Microsoft sandbox: enter code</h1>"
+            '<form method="post"><label>Code <input name="code"></label> '
+            f'<label>Account <select name="account">{options}</select></label> '
+            '<button name="decision" value="allow">Allow</button> '
+            '<button name="decision" value="deny">Deny</button></form>'
+        )
+        return html_response(200, "Enter code", body)
+
+    def _token_device(self, form: dict[str, str], client_id: str) -> Response:
+        """Polling with the device code: authorization_pending until the user acts,
+        authorization_declined, expired_token after expires_in, slow_down when polled faster
+        than the interval (RFC 8628 §3.5), then the tokens once."""
+        with self.state.lock:
+            od = self.state.oauth
+            rec = od.device_codes.get(form.get("device_code", ""))
+            if rec is None or rec.client_id != client_id:
+                return aad_error(
+                    400,
+                    "bad_verification_code",
+                    70019,
+                    "The provided value for the input parameter 'device_code' is not valid.",
+                )
+            now_m = time.monotonic()
+            if now_m > rec.expires_at:
+                return aad_error(
+                    400, "expired_token", 70020, "The provided device code has expired."
+                )
+            if rec.redeemed:
+                return aad_error(
+                    400, "invalid_grant", 54005, "The device code was already redeemed."
+                )
+            previous, rec.last_poll = rec.last_poll, now_m
+            if previous is not None and now_m - previous < rec.interval:
+                return aad_error(400, "slow_down", 70016, "Polling faster than the interval.")
+            if rec.decision is None:
+                return aad_error(
+                    400,
+                    "authorization_pending",
+                    70016,
+                    "The provided request has not yet been authorized by the user. The user must "
+                    "input their code.",
+                )
+            if rec.decision == "deny":
+                return aad_error(
+                    400, "authorization_declined", 70000, "The user declined the authorization."
+                )
+            if not od.apps["outlook"].user_consent:
+                return aad_error(400, "invalid_grant", 65001, consent_message(client_id)[13:])
+            email = rec.email or ""
+            acct = self.state.accounts.get(("outlook", email.lower()))
+            if acct is None:
+                return aad_error(400, "invalid_grant", 50034, "The user account does not exist.")
+            grant = self.state.locked_grant_for("outlook", client_id, acct.email)
+            if grant is None:
+                grant = self.state.locked_new_grant(
+                    "outlook", client_id, acct.email, set(rec.scopes)
+                )
+            grant.scopes |= set(rec.scopes)
+            rec.redeemed = True
+            self.state.stats.code_exchanges[("outlook", acct.email)] += 1
+            out = self._issue(rec.scopes, grant, "offline_access" in rec.scopes)
+        return json_response(200, out, [("Cache-Control", "no-store"), ("Pragma", "no-cache")])
+
     def token(self, req: Request) -> Response:
         form = req.form()
+        with self.state.lock:
+            fault = self.state.oauth.take_token_fault("outlook")
+        if fault is not None:
+            return aad_error(fault.status, fault.error, 0, "Injected by the sandbox.")
         client_id, secret = oc.client_credentials(req, form)
         if client_id != self.state.clients["outlook"]:
             return aad_error(
@@ -1010,6 +1196,9 @@ class MicrosoftService:
                 700016,
                 f"Application with identifier '{client_id}' was not found in the directory.",
             )
+        refusal = self._tenant_refusal(req, client_id)
+        if refusal is not None:
+            return aad_error(400, "invalid_request", 50194, refusal.split(": ", 1)[1])
         if secret is not None or form.get("client_assertion"):
             return aad_error(
                 401,
@@ -1023,6 +1212,8 @@ class MicrosoftService:
             return self._token_code(form, client_id)
         if grant_type == "refresh_token":
             return self._token_refresh(form, client_id)
+        if grant_type == DEVICE_GRANT:
+            return self._token_device(form, client_id)
         if grant_type is None:
             return aad_error(
                 400,

@@ -14,6 +14,7 @@ from calsync_cli.sandbox import _control
 from calsync_cli.sandbox._core import DropConnection, Request, Response, json_response
 from calsync_cli.sandbox._google import GoogleService
 from calsync_cli.sandbox._microsoft import MicrosoftService
+from calsync_cli.sandbox._oauth_state import TokenFault
 from calsync_cli.sandbox._state import (
     GOOGLE_CLIENT_ID,
     GOOGLE_CLIENT_SECRET,
@@ -442,6 +443,104 @@ class Sandbox:
     def faults(self, app: str, email: str) -> Faults:
         return Faults(self._state, app, email)
 
+    # ------------------------------------------------------------------ OAuth switches
+    def register_app(
+        self,
+        app: str,
+        *,
+        publishing: Literal["production", "testing"] | None = None,
+        single_tenant: str | None | Literal[False] = False,
+        user_consent: bool | None = None,
+    ) -> None:
+        """How the OAuth client is registered. Google: ``publishing`` ("testing" gives 7-day
+        refresh tokens). Microsoft: ``single_tenant`` (a tenant id: /common answers
+        AADSTS50194; None: multi-tenant again), ``user_consent`` (False: only an administrator
+        may consent, AADSTS65001). Arguments left out keep their value."""
+        name = check_app(app)
+        with self._state.lock:
+            reg = self._state.oauth.apps[name]
+            if publishing is not None:
+                if publishing not in ("production", "testing"):
+                    raise ValueError("publishing is 'production' or 'testing'")
+                reg.publishing = publishing
+            if single_tenant is not False:
+                reg.single_tenant = single_tenant or None
+            if user_consent is not None:
+                reg.user_consent = bool(user_consent)
+
+    def withhold_scopes(self, email: str, scopes: list[str]) -> None:
+        """Google granular consent: the account leaves these scopes unticked."""
+        with self._state.lock:
+            rec = self._state.find("google", email)
+            self._state.oauth.withheld[("google", rec.email.lower())] = set(scopes)
+
+    def browser_session(self, app: str, email: str | None) -> None:
+        """The account the browser is already signed in to (Microsoft single sign-on)."""
+        name = check_app(app)
+        with self._state.lock:
+            if email is None:
+                self._state.oauth.browser_session.pop(name, None)
+            else:
+                self._state.oauth.browser_session[name] = self._state.find(name, email).email
+
+    def device_code_settings(
+        self, *, interval: float | None = None, expires_in: float | None = None
+    ) -> None:
+        """The interval (for pending codes too) and lifetime of device codes issued from now
+        on."""
+        with self._state.lock:
+            if interval is not None:
+                self._state.oauth.device_interval = max(0.0, float(interval))
+                for rec in self._state.oauth.device_codes.values():
+                    rec.interval = self._state.oauth.device_interval
+            if expires_in is not None:
+                self._state.oauth.device_ttl = max(0.0, float(expires_in))
+
+    def device_codes(self) -> list[dict[str, Any]]:
+        """The device codes issued so far: user code, decision, redeemed."""
+        with self._state.lock:
+            return [
+                {
+                    "user_code": d.user_code,
+                    "decision": d.decision,
+                    "account": d.email,
+                    "redeemed": d.redeemed,
+                }
+                for d in self._state.oauth.device_codes.values()
+            ]
+
+    def answer_device_code(
+        self,
+        user_code: str,
+        decision: Literal["allow", "deny", "expire"] = "allow",
+        account: str | None = None,
+    ) -> None:
+        """What the user does with a user code: approve it (as ``account``, default the first
+        Outlook account), decline it, or let it expire."""
+        with self._state.lock:
+            rec = self._state.oauth.by_user_code(user_code)
+            if decision == "expire":
+                rec.expires_at = 0.0
+                return
+            if decision not in ("allow", "deny"):
+                raise ValueError("decision is 'allow', 'deny' or 'expire'")
+            if account is None:
+                first = self._state.first_account("outlook")
+                if first is None:
+                    raise KeyError("no outlook account")
+                account = first.email
+            rec.email = self._state.find("outlook", account).email
+            rec.decision = decision
+
+    def fail_token_requests(self, app: str, n: int = 1, status: int = 400, error: str = "") -> None:
+        """The next ``n`` answers of the app's token endpoint are this OAuth error."""
+        name = check_app(app)
+        if not error:
+            raise ValueError("error is needed, e.g. temporarily_unavailable")
+        with self._state.lock:
+            queue = self._state.oauth.token_faults.setdefault(name, [])
+            queue.extend(TokenFault(int(status), str(error)) for _ in range(n))
+
     def stats(self) -> dict[str, Any]:
         with self._state.lock:
             return self._state.stats.to_json()
@@ -502,6 +601,10 @@ class Sandbox:
                 return m.authorize(req)
             if s[3] == "token" and req.method == "POST":
                 return m.token(req)
+            if s[3] == "devicecode" and req.method == "POST":
+                return m.devicecode(req)
+        if s == ["devicelogin"] and req.method in ("GET", "POST"):
+            return m.devicelogin(req)
         if s[:2] == ["graph", "v1.0"]:
             if s[2:] == ["$batch"] and req.method == "POST":
                 return m.batch(req)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from calsync_cli.sandbox._core import JSON
+from calsync_cli.sandbox._oauth_state import OAuthState
 
 App = Literal["google", "outlook"]
 APPS: tuple[App, ...] = ("google", "outlook")
@@ -266,6 +267,8 @@ class State:
         ] = {}  # token -> email, cal, epoch, mod
         self.page_tokens: dict[str, Any] = {}
         self.clients: dict[App, str] = {"google": GOOGLE_CLIENT_ID, "outlook": MICROSOFT_CLIENT_ID}
+        #: app registrations, consent-screen choices, device codes, token endpoint faults
+        self.oauth = OAuthState()
         self.transaction_window = TRANSACTION_WINDOW
 
     # -- accounts -------------------------------------------------------------------------

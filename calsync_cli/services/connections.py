@@ -2,19 +2,28 @@
 
 The core of ``calsync connect``, ``calendars list|select`` and ``disconnect``. It knows nothing
 of the command line: everything meant for the user arrives through callbacks
-(``announce_url``, ``notify``, ``choose``) or comes back as data.
+(``announce_url``, ``announce_device_code``, ``announce_remote``, ``read_answer``, ``notify``,
+``choose``) or comes back as data.
+
+``connect`` signs in one of three ways (``ConnectOptions.method``): ``browser`` (the loopback
+redirect), ``device_code`` (Microsoft's device authorization grant) or ``remote`` (a sign-in
+address opened on another machine, the final address pasted back). They differ only in how the
+token answer is obtained; the calendar choice, the disclosure notice, token storage, the audit
+entry and the re-authentication of an existing integration are the same code.
 
 Tokens live in the token store the settings choose (``clients.token_store``: the keyring, or
-sealed in the database). A new integration's row and its tokens are written together: the
-tokens are stored inside the database transaction, just before it commits (a database store
-writes in that very transaction), so a keyring failure rolls the row back, and a failed commit
-deletes the tokens again.
+sealed in the database); it is checked before any sign-in starts. A new integration's row and
+its tokens are written together: the tokens are stored inside the database transaction, just
+before it commits (a database store writes in that very transaction), so a token store failure
+rolls the row back, and a failed commit deletes the tokens again; in both cases the new grant
+is revoked at Google (Microsoft cannot revoke one sign-in).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,12 +35,17 @@ from calsync_cli.apps import App as AppName
 from calsync_cli.apps import app_name, connect_command
 from calsync_cli.auth import (
     DEFAULT_TIMEOUT,
+    DeviceCode,
     OAuthApp,
+    RemoteSignIn,
     RevokeOutcome,
+    SignIn,
     Tokens,
     TokenStorage,
+    device_sign_in,
     oauth_app,
     reconnect_hint,
+    remote_sign_in,
     revoke,
     sign_in,
 )
@@ -192,17 +206,36 @@ def find_existing(session: Session, provider_id: str, app: str) -> Integration |
 # -- connect ----------------------------------------------------------------------------------
 
 
+SignInMethod = Literal["browser", "device_code", "remote"]
+
+
+def _no_answer() -> str | None:
+    return None
+
+
 @dataclass
 class ConnectOptions:
     app: str
     provider_id: str
     calendar_id: str | None = None
+    #: how the tokens are obtained; everything after the token answer is shared
+    method: SignInMethod = "browser"
     port: int = 0
     timeout: float = DEFAULT_TIMEOUT
-    #: opens the sign-in URL in a browser; None: do not
+    #: opens the sign-in URL in a browser; None: do not (``browser`` only)
     open_browser: Callable[[str], bool] | None = None
-    #: shows the sign-in URL (always called, before the browser opens)
+    #: shows the sign-in URL (``browser``: always called, before the browser opens)
     announce_url: Callable[[str], None] = lambda url: None
+    #: shows the user code and where to enter it (``device_code``)
+    announce_device_code: Callable[[DeviceCode], None] = lambda code: None
+    #: shows the address to open on another machine (``remote``)
+    announce_remote: Callable[[RemoteSignIn], None] = lambda prompt: None
+    #: reads back the address the browser ended on; None when there is none (``remote``)
+    read_answer: Callable[[], str | None] = _no_answer
+    #: pauses between device-code polls (tests pass one that does not sleep)
+    wait: Callable[[float], None] = time.sleep
+    #: measures ``timeout``
+    clock: Callable[[], float] = time.monotonic
     #: one line for the user (notices, warnings)
     notify: Callable[[str], None] = lambda text: None
     #: asks the user to pick among the writable calendars; None when nobody can be asked
@@ -243,13 +276,21 @@ def connect(
 ) -> ConnectResult:
     """Sign in and create the integration, or sign an existing one in again.
 
-    Raises ``InputError`` for an unknown app or provider (before any sign-in), ``ConfigError``
-    when the OAuth client is not configured, ``AuthError`` when the sign-in fails, and
-    ``KeyringError`` when the tokens cannot be stored; in each case nothing is stored.
+    Raises ``InputError`` for an unknown app or provider, or a device code for Google (before
+    any sign-in), ``ConfigError`` when the OAuth client is not configured, ``KeyringError``
+    when the token store does not work (before any sign-in too), ``AuthError`` when the sign-in
+    fails, and ``KeyringError`` when the tokens cannot be stored (the new grant is then revoked
+    where the provider allows it); in each case nothing is stored.
     An unusable ``--calendar`` leaves the integration Pending and raises ``InputError``.
     """
     app = _app_name(opts.app)
     oauth = oauth_app(app, settings)  # ConfigError (exit 2) with the setup hint
+    if opts.method == "device_code" and oauth.device_code_url is None:
+        raise InputError(
+            f"{oauth.title} does not allow calendar access through a device code",
+            hint=f"Sign in on another machine instead: calsync connect {app} --provider "
+            f"{opts.provider_id} --remote",
+        )
     with store.read() as session:
         if session.get(Provider, opts.provider_id) is None:
             raise NotFoundError(
@@ -258,6 +299,9 @@ def connect(
             )
         found = find_existing(session, opts.provider_id, app)
         existing = IntegrationRef.of(found) if found is not None else None
+    tstore = token_store or clients.token_store(settings, store)
+    # A token store that cannot work must stop us before the clinician signs in for nothing.
+    tstore.get(PROBE_ID)
     if existing is None:
         opts.notify(disclosure_notice(opts.provider_id, app))
     elif existing.status == "Disconnected":
@@ -265,14 +309,10 @@ def connect(
     else:
         opts.notify(f"Signing integration {existing.id} ({app}, {opts.provider_id}) in again.")
 
-    tokens = sign_in(
-        oauth,
-        port=opts.port,
-        timeout=opts.timeout,
-        open_browser=opts.open_browser,
-        announce_url=opts.announce_url,
-        login_hint=existing.account if existing is not None else None,
-    )
+    signed = obtain_tokens(oauth, opts, login_hint=existing.account if existing else None)
+    for warning in signed.warnings:
+        opts.notify(warning)
+    tokens = signed.tokens
     try:
         account, calendars = asyncio.run(_discover(settings, app, tokens))
     except ReauthRequired:
@@ -308,17 +348,23 @@ def connect(
             f"it now uses {account}"
         )
 
-    result = _store_connection(
-        store,
-        token_store or clients.token_store(settings, store),
-        app=app,
-        provider_id=opts.provider_id,
-        existing=existing,
-        account=account,
-        chosen=chosen,
-        tokens=tokens,
-        now=now(),
-    )
+    try:
+        result = _store_connection(
+            store,
+            tstore,
+            app=app,
+            provider_id=opts.provider_id,
+            existing=existing,
+            account=account,
+            chosen=chosen,
+            tokens=tokens,
+            now=now(),
+        )
+    except BaseException as exc:
+        note = _withdraw_unstored(store, oauth, tokens, account)
+        if isinstance(exc, CalsyncError) and note:
+            exc.message = f"{exc.message.rstrip('.')}; {note}"
+        raise
     if refusal is not None:
         raise InputError(
             f"{refusal.message}; integration {result.integration_id} is connected "
@@ -327,6 +373,75 @@ def connect(
             f"then: calsync calendars select {result.integration_id} CAL_ID",
         )
     return result
+
+
+#: the integration id the token store is probed with before a sign-in (ids start at 1)
+PROBE_ID = 0
+
+
+def obtain_tokens(oauth: OAuthApp, opts: ConnectOptions, *, login_hint: str | None) -> SignIn:
+    """The one step in which the three ways of signing in differ."""
+    if opts.method == "device_code":
+        return device_sign_in(
+            oauth,
+            timeout=opts.timeout,
+            announce=opts.announce_device_code,
+            wait=opts.wait,
+            clock=opts.clock,
+        )
+    if opts.method == "remote":
+        return remote_sign_in(
+            oauth,
+            announce=opts.announce_remote,
+            read_answer=opts.read_answer,
+            port=opts.port,
+            login_hint=login_hint,
+        )
+    return sign_in(
+        oauth,
+        port=opts.port,
+        timeout=opts.timeout,
+        open_browser=opts.open_browser,
+        announce_url=opts.announce_url,
+        login_hint=login_hint,
+        clock=opts.clock,
+    )
+
+
+def _withdraw_unstored(store: Store, oauth: OAuthApp, tokens: Tokens, account: str) -> str | None:
+    """Revoke a sign-in whose tokens could not be stored, so no live grant is left behind.
+
+    Google's revocation withdraws the whole grant the account gave the client project, so it is
+    skipped when another integration still uses that account's grant. Microsoft has no
+    endpoint to revoke one sign-in. Returns a note for the error message, or None.
+    """
+    if oauth.name != "google":
+        return None
+    try:
+        with store.read() as session:
+            stmt = select(Integration.id).where(
+                Integration.app == "google",
+                Integration.account == account,
+                Integration.status != "Disconnected",
+            )
+            sharing = [i for i in session.exec(stmt) if i is not None]
+    except Exception:  # noqa: BLE001 - the store may be what failed; then do not guess
+        return (
+            "the new sign-in was not revoked: remove calsync at "
+            "https://myaccount.google.com/permissions if nothing else uses it"
+        )
+    if sharing:
+        return (
+            f"the new sign-in was not revoked, since integration {sharing[0]} uses the same "
+            "Google grant"
+        )
+    outcome = revoke(oauth, tokens)
+    if outcome.revoked:
+        return "the new sign-in was revoked at Google"
+    return (
+        "the new sign-in could not be revoked: remove calsync at "
+        "https://myaccount.google.com/permissions"
+    )
 
 
 def _store_connection(
