@@ -15,6 +15,7 @@ sealed in the database (``token_store = "database"``) with the key in ``secret_k
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -23,9 +24,11 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from calsync_cli.errors import ConfigError
+from calsync_cli.errors import ConfigError, redact_url
 
 APP_NAME = "calsync"
+#: lone surrogates (undecodable bytes of an environment variable) and C0 controls but tab
+_UNUSABLE_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 ENV_PREFIX = "CALSYNC_"
 
 
@@ -115,8 +118,14 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, object]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text", hint="Save it as UTF-8"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # its message names a line and column, no content
         raise ConfigError(
             f"config file {path} is not valid TOML: {exc}", hint="Fix the file or move it away"
         ) from None
@@ -143,6 +152,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         from_env = env.get(ENV_PREFIX + name.upper())
         if from_env:
             values[name] = from_env
+    for name, value in values.items():
+        if isinstance(value, str) and _UNUSABLE_TEXT.search(value):
+            # an environment variable of bytes that are not UTF-8 (Python hands them over as
+            # lone surrogates), or a control character: every later use would fail on it
+            raise ConfigError(
+                f"{ENV_PREFIX}{name.upper()} (or {name} in the config file) contains bytes "
+                "that are not UTF-8 text, or a control character",
+                hint="Set it to plain UTF-8 text",
+            )
     values.setdefault("db_url", default_db_url())
     api_url = values.get("google_api_url")
     if isinstance(api_url, str) and "google_batch_url" not in values:
@@ -163,4 +181,30 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             hint="keyring keeps tokens on this host; database seals them into the store for "
             "several hosts",
         )
+    db_url = values["db_url"]
+    if isinstance(db_url, str):
+        check_db_url(db_url)
     return Settings(config_path=path, **values)  # type: ignore[arg-type]
+
+
+_DB_URL_HINT = "Use sqlite:///path/to/calsync.db or postgresql+psycopg://user@host/db"
+
+
+def check_db_url(url: str) -> None:
+    """The shape of CALSYNC_DB_URL, checked without importing SQLAlchemy (``status`` reads the
+    database with the bare driver): a scheme, and a port in 1-65535. The store parses it fully;
+    every message hides the URL's password."""
+    from urllib.parse import urlsplit
+
+    shown = repr(redact_url(url))
+    if "://" not in url or any(c in url for c in "\x00\n\r"):
+        raise ConfigError(f"CALSYNC_DB_URL is not a database URL: {shown}", hint=_DB_URL_HINT)
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        raise ConfigError(
+            f"CALSYNC_DB_URL has a port that is not a number in 1-65535: {shown}",
+            hint=_DB_URL_HINT,
+        ) from None
+    if port == 0:
+        raise ConfigError(f"CALSYNC_DB_URL has port 0: {shown}", hint=_DB_URL_HINT)

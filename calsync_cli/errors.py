@@ -31,6 +31,8 @@ The exit code is chosen by the CLI alone (``calsync_cli.cli.output``), from the 
 
 from __future__ import annotations
 
+import re as _re
+
 
 class CalsyncError(Exception):
     """Base class: an operational failure the user can act on."""
@@ -175,3 +177,92 @@ def one_line(exc: BaseException | str, limit: int = LINE_LIMIT) -> str:
     if len(flat) > limit:
         flat = flat[: limit - 1].rstrip() + "…"
     return flat
+
+
+# --------------------------------------------------------------------------- safe error text
+#
+# Text from keyring, database drivers, HTTP and OAuth libraries can quote what the library
+# read: part of a token from a damaged keyring file, a URL with its password, a row's values.
+# calsync never shows or stores it verbatim. ``safe_summary`` names the exception's class and
+# picks a fixed summary from the table below by recognising the failure; the library's text is
+# only matched against, never copied. ``redact_url`` hides passwords in anything URL-shaped.
+
+#: (fragment of a library's message, lower case) -> the fixed summary calsync shows instead
+_SUMMARIES: tuple[tuple[str, str], ...] = (
+    # SQLite (sqlite3.Error texts, https://www.sqlite.org/rescode.html)
+    ("database is locked", "the database is locked by another process"),
+    ("file is not a database", "the file is not a SQLite database"),
+    ("file is encrypted or is not a database", "the file is not a SQLite database"),
+    ("unable to open database file", "the database file cannot be opened"),
+    ("readonly database", "the database is read-only"),
+    ("read-only", "the database is read-only"),
+    ("disk i/o error", "a disk I/O error"),
+    ("database or disk is full", "the disk is full"),
+    ("malformed", "the database file is damaged"),
+    ("no such table", "a table is missing"),
+    # PostgreSQL / libpq (psycopg.OperationalError texts)
+    ("password authentication failed", "the server refused the user name or password"),
+    ("no password supplied", "the server wants a password"),
+    ("connection refused", "nothing listens at that host and port"),
+    ("could not translate host name", "the host name cannot be resolved"),
+    ("name or service not known", "the host name cannot be resolved"),
+    ("timeout expired", "the connection timed out"),
+    ("timed out", "the connection timed out"),
+    ("does not exist", "that role or database does not exist"),
+    ("too many connections", "the server has too many connections"),
+    ("server closed the connection", "the server closed the connection"),
+    ("ssl", "the TLS connection failed"),
+    ("invalid port", "the port is not valid"),
+    ("out of range", "a number is out of range"),
+    # keyring backends and their file formats
+    ("no recommended backend", "no usable keyring backend"),
+    ("source contains parsing errors", "the keyring file cannot be parsed"),
+    ("file contains no section headers", "the keyring file cannot be parsed"),
+    ("incorrect password", "the keyring password is wrong"),
+    ("permission denied", "permission denied"),
+    ("no module named", "a module is not installed"),
+)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The driver's exception inside SQLAlchemy's wrapper (``.orig``), else ``exc``."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def safe_summary(exc: BaseException) -> str:
+    """``ClassName: a fixed summary`` (or just the class name) for a third-party exception.
+
+    Never contains the exception's own text: that is only compared with known fragments to
+    choose one of calsync's fixed summaries. An ``OSError`` shows its ``strerror`` (the C
+    library's message for the errno, which quotes nothing).
+    """
+    cause = _root_cause(exc)
+    name = type(cause).__name__
+    if isinstance(cause, OSError) and not type(cause).__module__.startswith(("psycopg", "sqlite")):
+        return f"{name}: {cause.strerror}" if cause.strerror else name
+    try:
+        text = str(cause).lower()
+    except Exception:  # noqa: BLE001 - a __str__ that fails has nothing to offer
+        text = ""
+    for fragment, summary in _SUMMARIES:
+        if fragment in text:
+            return f"{name}: {summary}"
+    return name
+
+
+#: the password runs to the last "@" of the word: an unencoded "@" in it must not leak its tail
+_URL_PASSWORD = _re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@\s:?#]*):\S*@")
+_QUERY_SECRET = _re.compile(
+    r"(?P<key>[?&;\s](?:password|passwd|pwd|pass|secret|token|access_token|refresh_token"
+    r"|client_secret|key|sslpassword)=)[^&;\s]*",
+    _re.IGNORECASE,
+)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with every URL password (``scheme://user:PASSWORD@host``) and password-like
+    query value (``?password=...``) replaced by ``***``. Works on text that does not parse as a
+    URL, which is exactly when a URL gets echoed in an error."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group('key')}***", text)

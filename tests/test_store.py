@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from calsync_cli.errors import ImportValidationError, InputError, StoreError
+from calsync_cli.errors import ConfigError, ImportValidationError, InputError, StoreError
 from calsync_cli.services import imports as importers
 from calsync_cli.services import integrations as core
 from calsync_cli.store import jobs
@@ -84,7 +84,8 @@ def test_sqlite_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
 
 
 def test_bad_db_url_is_one_line_error() -> None:
-    with pytest.raises(StoreError, match="not a database URL"):
+    # a bad setting: exit 2 (issue 13, class 4)
+    with pytest.raises(ConfigError, match="not a database URL"):
         Store("not a url")
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import keyring
 import keyring.errors
 
-from calsync_cli.errors import KeyringError
+from calsync_cli.errors import KeyringError, safe_summary
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -444,21 +444,11 @@ class TokenStore(TokenStorage):
             raise KeyringError(
                 f"the keyring is locked ({action})", hint="Unlock it and retry, or " + KEYRING_FIX
             ) from None
-        if isinstance(value, keyring.errors.KeyringError):
-            detail = " ".join(str(value).split())[:200]
-            raise KeyringError(
-                f"the keyring failed to {action}: {type(value).__name__}"
-                + (f": {detail}" if detail else ""),
-                hint=KEYRING_FIX,
-            ) from None
         if isinstance(value, Exception):
-            # Backends raise all sorts (DBus errors, OSError for a file backend); say which,
-            # without a traceback.
-            detail = " ".join(str(value).split())[:200]
+            # Backends raise all sorts (DBus errors, OSError, a file backend's parse error that
+            # quotes the file: part of a token): the class and a fixed summary, never the text.
             raise KeyringError(
-                f"the keyring failed to {action}: {type(value).__name__}"
-                + (f": {detail}" if detail else ""),
-                hint=KEYRING_FIX,
+                f"the keyring failed to {action}: {safe_summary(value)}", hint=KEYRING_FIX
             ) from None
         raise value
 

@@ -126,13 +126,27 @@ def _parse_day(value: str | None, option: str, *, end: bool) -> datetime | None:
             f"{option} {value!r} is not a date or time",
             hint="Use e.g. 2026-12-01 or 2026-12-01T09:00-06:00",
         ) from None
+    from calsync_cli.services.imports import MAX_YEAR, MIN_YEAR, within_years
+
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    if not within_years(parsed):
+        raise InputError(
+            f"{option} {value!r} is outside the years {MIN_YEAR}-{MAX_YEAR}",
+            hint="Stored visits all fall within them",
+        )
     if len(value) == 10:  # a bare date: the whole day, in UTC
         parsed = datetime.combine(parsed.date(), time(0), UTC) + (
             timedelta(days=1) if end else timedelta()
         )
-    elif parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
     return parsed
+
+
+def _span(start: str, end: str) -> str:
+    """``2026-12-01 09:00-09:30``; a visit that ends on another day shows both dates:
+    ``2026-12-01 23:00-2026-12-02 01:00``."""
+    tail = end[11:16] if end[:10] == start[:10] else f"{end[:10]} {end[11:16]}"
+    return f"{start[:10]} {start[11:16]}-{tail}"
 
 
 @visits.command("list")
@@ -178,7 +192,7 @@ def visits_list(
             [
                 [
                     r["id"],
-                    f"{r['start'][:10]} {r['start'][11:16]}-{r['end'][11:16]}",
+                    _span(r["start"], r["end"]),
                     r["practice_id"],
                     r["provider_id"],
                     r["patient_name"],

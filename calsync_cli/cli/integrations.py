@@ -90,7 +90,9 @@ def status(
     """
     from calsync_cli.services import status as core
 
-    rows = core.status_rows(context.settings().db_url, context.store, integration)
+    url = context.settings().db_url
+    rows = core.status_rows(url, context.store, integration)
+    context.private(url)  # the fast read opens no store, which would have done it
 
     def human() -> None:
         if not rows:

@@ -229,7 +229,7 @@ def sweep(
     data = asyncio.run(
         sweep_and_keep_alive(
             context.store(), context.settings(), now=context.now(),
-            lookback=parse_duration(lookback), retry_failed=retry_failed,
+            lookback=_lookback(parse_duration, lookback), retry_failed=retry_failed,
         )
     )  # fmt: skip
 
@@ -256,6 +256,19 @@ def sweep(
         raise typer.Exit(output.EXIT_REAUTH)
     if data["tokens"]["unusable"]:  # the keyring or database of this host is the problem
         raise typer.Exit(output.EXIT_FAILURE)
+
+
+def _lookback(parse: Any, text: str) -> Any:
+    """--lookback, bounded: a century at most (more overflows the date arithmetic)."""
+    from datetime import timedelta
+
+    try:
+        delta = parse(text)
+    except OverflowError:
+        delta = None
+    if delta is None or delta > timedelta(days=36_600):
+        raise InputError(f"--lookback {text!r} is too long", hint="Use at most 36600d, e.g. 24h")
+    return delta
 
 
 def conflicts(

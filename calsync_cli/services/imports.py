@@ -9,22 +9,26 @@ match the visit now or matched it before (a reassigned visit must leave the old 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
+import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from calsync_cli.engine.plan import Facts, wanted
-from calsync_cli.errors import ImportValidationError, InputError
+from calsync_cli.errors import ImportValidationError, InputError, StoreError
 from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import jobs
 from calsync_cli.store.db import Store
@@ -44,6 +48,9 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("visit_type", "room", "status", "reason"),
     ),
 }
+
+#: how often an import's transaction runs when concurrent imports insert the same new ids
+WRITE_ATTEMPTS = 5
 
 _EXTENSIONS: dict[str, Format] = {
     ".jsonl": "jsonl",
@@ -84,6 +91,24 @@ class Row:
 
 
 # --------------------------------------------------------------------------- reading
+#
+# Every way a file can be misread ends here in one line naming the real problem, before
+# anything is written: an encoding that is not UTF-8 (with or without a byte-order mark, on
+# every path), JSON Lines given as CSV and the reverse, a CSV whose first line is not a header,
+# a header missing required columns, another delimiter, an unterminated quote, control
+# characters or lone surrogates in a value, and a file with no rows at all.
+
+#: byte-order marks of encodings calsync does not read (UTF-32 first: its LE mark starts with
+#: UTF-16's)
+_FOREIGN_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+#: C0 controls other than tab and line breaks, DEL, and lone surrogates (JSON's "\ud800")
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 
 
 def detect_format(name: str, head: str, explicit: str | None) -> Format:
@@ -104,42 +129,113 @@ def detect_format(name: str, head: str, explicit: str | None) -> Format:
     )
 
 
+def _check_text(text: str, source: str, line: int, name: str) -> None:
+    bad = _BAD_TEXT.search(text)
+    if bad:
+        what = "a lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "a control character"
+        raise ImportValidationError(
+            source,
+            line,
+            f"{name} contains {what} (U+{ord(bad.group()):04X})",
+            hint="Remove it from the file",
+        )
+
+
 def _cell(value: Any, source: str, line: int, name: str) -> str | None:
     if value is None:
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ImportValidationError(source, line, f"{name} is not a finite number")
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ImportValidationError(source, line, f"{name} must be a string")
     text = str(value).strip()
+    _check_text(text, source, line, name)
     return text or None
 
 
-def _read_jsonl(stream: IO[str], source: str) -> Iterator[Row]:
-    for line_no, raw in enumerate(stream, start=1):
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a value")
+
+
+def _read_jsonl(text: str, source: str) -> Iterator[Row]:
+    for line_no, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, parse_constant=_no_constants)
         except json.JSONDecodeError as exc:
-            raise ImportValidationError(source, line_no, f"not valid JSON ({exc.msg})") from None
+            looks_csv = line_no == 1 and not raw.lstrip().startswith(("{", "["))
+            raise ImportValidationError(
+                source,
+                line_no,
+                f"not valid JSON ({exc.msg})",
+                hint="It looks like CSV: use --format csv" if looks_csv else None,
+            ) from None
+        except (ValueError, RecursionError):  # NaN, Infinity, a 5000-digit number, [[[[...
+            raise ImportValidationError(
+                source, line_no, "not valid JSON for calsync (NaN, Infinity, or too deep/long)"
+            ) from None
         if not isinstance(obj, dict):
             raise ImportValidationError(source, line_no, "each line must be a JSON object")
         values = {}
         for key, value in obj.items():
-            cell = _cell(value, source, line_no, str(key))
+            _check_text(key, source, line_no, "a field name")
+            cell = _cell(value, source, line_no, key)
             if cell is not None:
-                values[str(key)] = cell
+                values[key] = cell
         yield Row(line_no, values)
 
 
-def _read_csv(stream: IO[str], source: str) -> Iterator[Row]:
-    reader = csv.reader(stream)
-    try:
-        header = next(reader)
-    except StopIteration:
+def _csv_header(header: list[str], raw: str, source: str, line: int, kind: str | None) -> None:
+    """Refuse a first line that is not a usable header, naming why."""
+    if kind is None:
         return
-    except csv.Error as exc:
-        raise ImportValidationError(source, 1, f"not valid CSV ({exc})") from None
-    header = [h.strip().lstrip("\ufeff") for h in header]
+    required, optional = FIELDS[kind]
+    known = set(required) | set(optional)
+    names = set(header)
+    for delimiter, word in _DELIMITERS.items():
+        split = {h.strip() for h in raw.split(delimiter)}
+        if delimiter in raw and len(split & known) > len(names & known):
+            raise ImportValidationError(
+                source,
+                line,
+                f"the columns are separated by {word}; calsync reads comma-separated CSV",
+                hint="Save the file with commas as delimiters",
+            )
+    if not names & known:
+        raise ImportValidationError(
+            source,
+            line,
+            "the first line is not a header: it names none of the columns "
+            + ", ".join(required + optional),
+            hint="Add a header line such as " + ",".join(required),
+        )
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ImportValidationError(
+            source,
+            line,
+            "the header lacks the required column"
+            + ("s " if len(missing) > 1 else " ")
+            + ", ".join(missing),
+            hint="Name every required column: " + ",".join(required),
+        )
+    seen: set[str] = set()
+    for h in header:
+        if h and h in seen:
+            raise ImportValidationError(source, line, f"the header names {h!r} twice")
+        seen.add(h)
+
+
+def _read_csv(text: str, source: str, kind: str | None = None) -> Iterator[Row]:
+    lines = text.splitlines()
+    first = next((n for n, line in enumerate(lines, 1) if line.strip()), None)
+    if first is not None and lines[first - 1].lstrip().startswith("{"):
+        raise ImportValidationError(
+            source, first, "this is JSON Lines, not CSV", hint="Use --format jsonl"
+        )
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
     while True:
         line_no = reader.line_num + 1
         try:
@@ -147,47 +243,83 @@ def _read_csv(stream: IO[str], source: str) -> Iterator[Row]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ImportValidationError(source, line_no, f"not valid CSV ({exc})") from None
+            problem = (
+                "a quoted cell is never closed (unterminated quote)"
+                if "end of data" in str(exc)
+                else f"not valid CSV ({exc})"
+            )
+            raise ImportValidationError(source, line_no, problem) from None
         if not any(c.strip() for c in cells):
+            continue
+        for c in cells:
+            _check_text(c, source, line_no, "a cell" if header is None else "a value")
+        if header is None:
+            header = [h.strip() for h in cells]
+            raw = lines[line_no - 1] if line_no <= len(lines) else ""
+            _csv_header(header, raw, source, line_no, kind)
             continue
         if len(cells) > len(header):
             raise ImportValidationError(
                 source, line_no, f"{len(cells)} cells but the header names {len(header)} columns"
             )
-        values = {h: c.strip() for h, c in zip(header, cells, strict=False) if c.strip()}
+        values = {h: c.strip() for h, c in zip(header, cells, strict=False) if h and c.strip()}
         yield Row(line_no, values)
 
 
-def read_rows(stream: IO[str], source: str, fmt: Format) -> list[Row]:
-    reader = _read_jsonl if fmt == "jsonl" else _read_csv
+def decode(data: bytes, source: str) -> str:
+    """UTF-8 text, a UTF-8 byte-order mark dropped; anything else refused with its name."""
+    for bom, name in _FOREIGN_BOMS:
+        if data.startswith(bom):
+            raise InputError(
+                f"{source} is {name} text; calsync reads UTF-8", hint="Save it as UTF-8"
+            )
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
-        return list(reader(stream, source))
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        byte = data[exc.start]
+        raise ImportValidationError(
+            source,
+            line,
+            f"not UTF-8 text (byte 0x{byte:02x}; Latin-1 or Windows-1252?)",
+            hint="Convert it to UTF-8 (e.g. with iconv -f latin1 -t utf-8)",
+        ) from None
+
+
+def parse_text(text: str, source: str, fmt: Format, kind: str | None = None) -> list[Row]:
+    text = text.removeprefix("\ufeff")
+    if fmt == "jsonl":
+        return list(_read_jsonl(text, source))
+    return list(_read_csv(text, source, kind))
+
+
+def read_rows(stream: IO[str], source: str, fmt: Format, kind: str | None = None) -> list[Row]:
+    try:
+        text = stream.read()
     except UnicodeDecodeError:
         raise InputError(f"{source} is not UTF-8 text", hint="Save the file as UTF-8") from None
+    return parse_text(text, source, fmt, kind)
 
 
-def open_source(path: str, stdin: IO[str] | None = None) -> tuple[IO[str], str]:
-    """Open FILE or ``-``; return the text stream and its first characters (for sniffing)."""
+def read_source(path: str, stdin: IO[Any] | None = None) -> str:
+    """The text of FILE or ``-`` (standard input), decoded as ``decode`` says."""
+    source = "<stdin>" if path == "-" else path
     if path == "-":
         import sys
 
-        data = (stdin or sys.stdin).read()
-        return io.StringIO(data), data[:64]
+        stream = stdin if stdin is not None else sys.stdin
+        buffer = getattr(stream, "buffer", None)
+        data = buffer.read() if buffer is not None else stream.read()
+        return data if isinstance(data, str) else decode(data, source)
     try:
-        handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - caller closes
+        return decode(Path(path).read_bytes(), source)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file", hint="Check the path") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a directory", hint="Name a .jsonl or .csv file") from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        head = handle.read(64)
-        handle.seek(0)
-    except UnicodeDecodeError:
-        handle.close()
-        raise InputError(f"{path} is not UTF-8 text", hint="Save the file as UTF-8") from None
-    return handle, head
 
 
 # --------------------------------------------------------------------------- validating
@@ -216,30 +348,70 @@ def _check_fields(kind: str, rows: Sequence[Row], source: str) -> list[str]:
     ]
 
 
+#: the years an imported time may fall in, in its own offset and in UTC: every date calsync
+#: and the calendars handle, far from datetime's limits (year 1 at +06:00 is year 0 in UTC)
+MIN_YEAR, MAX_YEAR = 1900, 2200
+
+
+def within_years(value: datetime) -> bool:
+    """True when ``value`` (aware) falls in ``MIN_YEAR``-``MAX_YEAR`` in its own offset and in
+    UTC: the one bound on every instant calsync takes in (imports, ``visits list --from``)."""
+    try:
+        in_utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return False
+    return all(MIN_YEAR <= v.year <= MAX_YEAR for v in (value, in_utc))
+
+
 def parse_instant(text: str, source: str, line: int, name: str) -> datetime:
+    """The one place that decides which instants import accepts: ISO 8601 with an offset,
+    within the years ``MIN_YEAR``-``MAX_YEAR``."""
+    shown = repr(text if len(text) <= 40 else text[:40] + "...")
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise ImportValidationError(
             source,
             line,
-            f"{name} {text!r} is not an ISO 8601 time",
+            f"{name} {shown} is not an ISO 8601 time",
             hint="Use a time with an offset, e.g. 2026-12-01T09:00:00-06:00",
         ) from None
     if value.tzinfo is None:
         raise ImportValidationError(
             source,
             line,
-            f"{name} {text!r} has no UTC offset",
+            f"{name} {shown} has no UTC offset",
             hint="Add the offset, e.g. 2026-12-01T09:00:00-06:00",
+        )
+    if not within_years(value):
+        raise ImportValidationError(
+            source,
+            line,
+            f"{name} {shown} is outside the years {MIN_YEAR}-{MAX_YEAR}",
+            hint="Check the date",
         )
     return value
 
 
+#: names ZoneInfo opens that are not places: the host's own setting, tzdata's placeholder
+_NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones()) - _NOT_PLACES
+
+
 def check_timezone(name: str) -> ZoneInfo:
+    """An IANA time zone name, as tzdata lists it: not ``localtime`` (whatever the host is set
+    to), ``Factory`` or a file path."""
+    if name not in _zone_names():
+        raise InputError(
+            f"unknown time zone {name!r}", hint="Use an IANA name such as America/Chicago"
+        )
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InputError(
             f"unknown time zone {name!r}", hint="Use an IANA name such as America/Chicago"
         ) from None
@@ -334,13 +506,22 @@ def import_file(
     fmt: str | None = None,
     now: datetime,
     progress: Progress | None = None,
-    stdin: IO[str] | None = None,
+    stdin: IO[Any] | None = None,
 ) -> ImportResult:
-    """Validate and import one file. All or nothing."""
-    stream, head = open_source(path, stdin)
+    """Validate and import one file. All or nothing; a file with no rows is refused."""
     source = "<stdin>" if path == "-" else path
-    with stream:
-        rows = read_rows(stream, source, detect_format(path, head, fmt))
+    text = read_source(path, stdin).removeprefix("\ufeff")
+    if not text.strip():
+        raise InputError(
+            f"{source} is empty: no rows to import",
+            hint="Check the export that produced it",
+        )
+    rows = parse_text(text, source, detect_format(path, text[:64], fmt), kind)
+    if not rows:
+        raise InputError(
+            f"{source} has a header but no rows: nothing to import",
+            hint="Check the export that produced it",
+        )
     return import_rows(store, kind, rows, source=source, now=now, progress=progress)
 
 
@@ -363,12 +544,24 @@ def import_rows(
             progress("validating", i, len(rows))
     if progress:
         progress("validating", len(rows), len(rows))
-    with store.write() as session:
-        if kind == "visits":
-            _write_visits(session, rows, records, source, now, result, progress)
-        else:
-            _write_simple(session, kind, records, now, result)
-    return result
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with store.write() as session:
+                if kind == "visits":
+                    _write_visits(session, rows, records, source, now, result, progress)
+                else:
+                    _write_simple(session, kind, records, now, result)
+            return result
+        except sa.exc.IntegrityError:
+            # PostgreSQL: another import inserted some of the same new ids after this one
+            # looked (SQLite serialises writers, so it never gets here). The transaction rolled
+            # back; run it again, and it sees them as existing.
+            if attempt == WRITE_ATTEMPTS:
+                raise StoreError(
+                    f"{source}: other imports kept writing the same ids; nothing was written",
+                    hint="Run the import again",
+                ) from None
+    raise AssertionError("unreachable")
 
 
 def _write_simple(

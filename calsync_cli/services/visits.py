@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel import col, select
 
@@ -37,8 +37,10 @@ def list_visits(
     stmt = stmt.order_by(col(Visit.start), col(Visit.id)).limit(limit)
     with store.read() as session:
         rows = []
+        zones: dict[str, ZoneInfo | None] = {}
         for visit, tz in session.exec(stmt):
-            zone = ZoneInfo(tz)
+            if tz not in zones:
+                zones[tz] = _zone(tz)
             rows.append(
                 {
                     "id": visit.id,
@@ -47,10 +49,29 @@ def list_visits(
                     "patient_name": visit.patient_name,
                     "visit_type": visit.visit_type,
                     "room": visit.room,
-                    "start": visit.start.astimezone(zone).isoformat(),
-                    "end": visit.end.astimezone(zone).isoformat(),
+                    "start": _local(visit.start, zones[tz]),
+                    "end": _local(visit.end, zones[tz]),
                     "status": visit.status,
                     "reason": visit.reason,
                 }
             )
         return rows
+
+
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def _local(when: datetime, zone: ZoneInfo | None) -> str:
+    """``when`` in the practice's zone; in UTC when that cannot be done (a zone this host
+    lacks, an instant stored before import bounded the years): one odd row must not stop the
+    list for everyone."""
+    if zone is not None:
+        try:
+            return when.astimezone(zone).isoformat()
+        except (OverflowError, ValueError):
+            pass
+    return when.isoformat()
