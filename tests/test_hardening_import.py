@@ -19,6 +19,9 @@ from typer.testing import CliRunner
 from calsync_cli.cli.app import app
 from tests.conftest import PRACTICES, PROVIDERS, visit, write_jsonl
 
+#: hundreds of refused files on both backends: in CI's slow pass (`pytest -m slow`), not the default run
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 PROVIDER_HEADER = b"id,name,email\n"

@@ -26,6 +26,9 @@ from calsync_cli.cli.app import app
 from calsync_cli.services.imports import FIELDS
 from tests.conftest import PRACTICES, PROVIDERS, visit, write_jsonl
 
+#: Hypothesis over every importer and command: thorough, and long: in CI's slow pass (`pytest -m slow`), not the default run
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 SETTINGS = settings(
     derandomize=True,
