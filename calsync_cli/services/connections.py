@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from calsync_cli.apps import App as AppName
 from calsync_cli.apps import app_name, connect_command
@@ -61,6 +61,7 @@ from calsync_cli.providers.factory import make_provider
 from calsync_cli.services import clients, integrations
 from calsync_cli.services.clients import http_client, open_provider
 from calsync_cli.store import audit, states
+from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import Integration, Provider
 
@@ -195,12 +196,7 @@ def load(store: Store, integration_id: int) -> IntegrationRef:
 
 def find_existing(session: Session, provider_id: str, app: str) -> Integration | None:
     """The integration of this provider and app, if there is one (the oldest when several)."""
-    stmt = (
-        select(Integration)
-        .where(Integration.provider_id == provider_id, Integration.app == app)
-        .order_by(col(Integration.id))
-    )
-    return session.exec(stmt).first()
+    return store_integrations.find(session, provider_id, app)
 
 
 # -- connect ----------------------------------------------------------------------------------
@@ -419,12 +415,7 @@ def _withdraw_unstored(store: Store, oauth: OAuthApp, tokens: Tokens, account: s
         return None
     try:
         with store.read() as session:
-            stmt = select(Integration.id).where(
-                Integration.app == "google",
-                Integration.account == account,
-                Integration.status != "Disconnected",
-            )
-            sharing = [i for i in session.exec(stmt) if i is not None]
+            sharing = [i.id for i in store_integrations.sharing_account(session, "google", account)]
     except Exception:  # noqa: BLE001 - the store may be what failed; then do not guess
         return (
             "the new sign-in was not revoked: remove calsync at "
@@ -861,13 +852,9 @@ def disconnect(
         )
         if outcome.status == "revoked" and ref.app == "google" and ref.account:
             # Google withdrew the whole grant of this account to the client project.
-            stmt = select(Integration).where(
-                Integration.app == "google",
-                Integration.account == ref.account,
-                Integration.id != integration_id,
-                Integration.status != "Disconnected",
-            )
-            for other in session.exec(stmt):
+            for other in store_integrations.sharing_account(
+                session, "google", ref.account, besides=integration_id
+            ):
                 assert other.id is not None
                 states.mark_reauth(session, other, now=at, audited=True)
                 audit.record(

@@ -25,12 +25,14 @@ from typing import IO, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from calsync_cli.engine.plan import Facts, wanted
 from calsync_cli.errors import ImportValidationError, InputError, StoreError
 from calsync_cli.store import integrations as store_integrations
 from calsync_cli.store import jobs
+from calsync_cli.store import records as store_records
+from calsync_cli.store import visits as store_visits
 from calsync_cli.store.db import Store
 from calsync_cli.store.models import VISIT_STATUSES, Practice, Provider, Visit
 
@@ -486,13 +488,7 @@ _MODEL: dict[str, Any] = {"practices": Practice, "providers": Provider, "visits"
 def _existing(
     session: Session, model: Any, columns: Sequence[str], ids: Sequence[str]
 ) -> dict[str, Any]:
-    table = model.__table__
-    found: dict[str, Any] = {}
-    for chunk in jobs._chunks(ids):
-        stmt = sa.select(*(table.c[c] for c in columns)).where(table.c.id.in_(chunk))
-        for row in session.execute(stmt):
-            found[row[0]] = row
-    return found
+    return store_records.existing(session, model, columns, ids)
 
 
 # --------------------------------------------------------------------------- writing
@@ -577,17 +573,12 @@ def _write_simple(
     ]
     result.created, result.updated = len(new), len(changed)
     result.unchanged = len(records) - len(new) - len(changed)
-    if new:
-        session.execute(sa.insert(model), new)
-    if changed:
-        session.execute(sa.update(model), changed)
+    store_records.insert(session, model, new)
+    store_records.update(session, model, changed)
     if kind == "practices" and changed:
         # Practice name and location are in every event: re-render its upcoming visits.
         ids = [r["id"] for r in changed]
-        stmt = select(Visit.id, Visit.status, Visit.practice_id, Visit.provider_id).where(
-            col(Visit.practice_id).in_(ids), Visit.end >= now
-        )
-        visits = [(vid, Facts(status, pid, prov)) for vid, status, pid, prov in session.exec(stmt)]
+        visits = store_visits.upcoming_facts(session, now, practices=ids)
         work = [
             (integ.id, vid, "upsert")
             for integ in store_integrations.pushing(session)
@@ -653,12 +644,12 @@ def _write_visits(
     total = len(new) + len(changed)
     written = 0
     for chunk in jobs._chunks(new, 5000):
-        session.execute(sa.insert(Visit), list(chunk))
+        store_records.insert(session, Visit, chunk)
         written += len(chunk)
         if progress:
             progress("writing", written, total)
     for chunk in jobs._chunks(changed, 5000):
-        session.execute(sa.update(Visit), list(chunk))
+        store_records.update(session, Visit, chunk)
         written += len(chunk)
         if progress:
             progress("writing", written, total)

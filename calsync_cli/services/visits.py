@@ -7,10 +7,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlmodel import col, select
-
+from calsync_cli.store import visits as store_visits
 from calsync_cli.store.db import Store
-from calsync_cli.store.models import Practice, Visit
 
 
 def list_visits(
@@ -23,22 +21,13 @@ def list_visits(
     limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Visits overlapping [start, end), times shown in the practice's time zone."""
-    stmt = select(Visit, Practice.timezone).join(
-        Practice, col(Practice.id) == col(Visit.practice_id)
-    )
-    if providers:
-        stmt = stmt.where(col(Visit.provider_id).in_(providers))
-    if practices:
-        stmt = stmt.where(col(Visit.practice_id).in_(practices))
-    if start is not None:
-        stmt = stmt.where(Visit.end > start)
-    if end is not None:
-        stmt = stmt.where(Visit.start < end)
-    stmt = stmt.order_by(col(Visit.start), col(Visit.id)).limit(limit)
     with store.read() as session:
         rows = []
         zones: dict[str, ZoneInfo | None] = {}
-        for visit, tz in session.exec(stmt):
+        found = store_visits.listing(
+            session, providers=providers, practices=practices, start=start, end=end, limit=limit
+        )
+        for visit, tz in found:
             if tz not in zones:
                 zones[tz] = _zone(tz)
             rows.append(

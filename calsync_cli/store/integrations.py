@@ -48,3 +48,28 @@ def signed_in(session: Session) -> list[Integration]:
         Integration.needs_reauth == False,  # noqa: E712
     )
     return list(session.exec(stmt))
+
+
+def find(session: Session, provider_id: str, app: str) -> Integration | None:
+    """The integration of this provider and app, if there is one (the oldest when several)."""
+    stmt = (
+        select(Integration)
+        .where(Integration.provider_id == provider_id, Integration.app == app)
+        .order_by(col(Integration.id))
+    )
+    return session.exec(stmt).first()
+
+
+def sharing_account(
+    session: Session, app: str, account: str, *, besides: int | None = None
+) -> list[Integration]:
+    """Connected integrations signed in with ``account`` at ``app`` (one Google grant serves
+    them all), other than ``besides``."""
+    stmt = select(Integration).where(
+        Integration.app == app,
+        Integration.account == account,
+        Integration.status != DISCONNECTED,
+    )
+    if besides is not None:
+        stmt = stmt.where(Integration.id != besides)
+    return list(session.exec(stmt))
