@@ -212,16 +212,18 @@ def test_status_starts_without_pydantic_or_sqlalchemy(seeded: Path) -> None:
     make_integration()
     write_jsonl(seeded / "more.jsonl", [visit("c")])
     assert run("visits", "import", str(seeded / "more.jsonl")).exit_code == 0
-    out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "calsync_cli", "status", "--json"],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    for args, through_typer in ((["status"], True), (["status", "--json"], False)):
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "calsync_cli", *args],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines()}
+        assert ("typer" in imported) is through_typer  # --json: answered by cli.fast
+        banned = {"pydantic", "sqlalchemy", "sqlmodel"}
+        assert not {m for m in imported if m.split(".")[0] in banned}
     assert json.loads(out.stdout)["integrations"][0]["queued"] == 1
-    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines()}
-    assert "typer" in imported
-    assert not {m for m in imported if m.split(".")[0] in {"pydantic", "sqlalchemy", "sqlmodel"}}
 
 
 _seen: list[object] = []
@@ -289,3 +291,31 @@ def test_status_table_in_a_pipe_keeps_each_integration_on_one_line(
     assert result.exit_code == 0, result.stderr
     [line] = [ln for ln in result.stdout.splitlines() if "a@example.com" in ln]
     assert "dr-lee" in line and "Active" in line and "push" in line
+
+
+def test_the_fast_answers_are_what_the_full_command_line_prints(seeded: Path) -> None:
+    """``--help`` and ``status --json`` are answered before Typer is imported (cli.fast); the
+    bytes are the full command line's, and Typer stays unimported."""
+    import subprocess
+    import sys
+
+    from calsync_cli.cli.completions import HELP_FILE, top_help
+
+    assert HELP_FILE.read_text(encoding="utf-8") == top_help(), (
+        "calsync_cli/data/help.txt is stale: run python -m calsync_cli.cli.completions"
+    )
+    full = "import sys; from calsync_cli.cli.app import run; sys.argv[0] = 'calsync'; run()"
+    env = {**os.environ, "COLUMNS": "80"}
+    make_integration()  # a store with a schema and an integration to show
+    for args in (["--help"], ["-h"], ["status", "--json"]):
+        fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "calsync_cli", *args],
+                              env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        slow = subprocess.run([sys.executable, "-c", full, *args], env=env, capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        assert fast.stdout == slow.stdout, args
+        imported = {line.rsplit("|", 1)[-1].strip() for line in fast.stderr.splitlines()}
+        assert "typer" not in imported and "click" not in imported, args
+    wide = subprocess.run([sys.executable, "-m", "calsync_cli", "--help"], capture_output=True,
+                          text=True, env={**env, "COLUMNS": "200"}, check=True)  # fmt: skip
+    assert wide.stdout == subprocess.run([sys.executable, "-c", full, "--help"], text=True,
+        capture_output=True, env={**env, "COLUMNS": "200"}, check=True).stdout  # fmt: skip

@@ -1,8 +1,9 @@
 """Generate static shell completions (bash, zsh, fish) from the command tree.
 
 ``python -m calsync_cli.cli.completions [DIR]`` writes ``calsync.bash``, ``calsync.zsh`` and
-``calsync.fish`` (default DIR: ``completions/``). A test fails when the files in the repository
-differ from what the current command tree generates.
+``calsync.fish`` (default DIR: ``completions/``; then also ``calsync_cli/data/help.txt``, the
+top-level help ``cli.fast`` prints). A test fails when the files in the repository differ from
+what the current command tree generates.
 """
 
 from __future__ import annotations
@@ -109,11 +110,32 @@ def fish() -> str:
 GENERATORS = {"calsync.bash": bash, "calsync.zsh": zsh, "calsync.fish": fish}
 
 
+def top_help() -> str:
+    """``calsync --help`` as the full command line prints it on a terminal of 80 columns or
+    more (Click renders at most 80 wide; ``cli.fast`` prints this file)."""
+    import os
+    import subprocess
+
+    code = (
+        "import sys; sys.argv = ['calsync', '--help']; from calsync_cli.cli.app import run; run()"
+    )
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+#: the pre-rendered top-level help, beside the package's sample data
+HELP_FILE = Path(__file__).resolve().parent.parent / "data" / "help.txt"
+
+
 def main(argv: list[str]) -> int:
     target = Path(argv[0]) if argv else Path("completions")
     target.mkdir(parents=True, exist_ok=True)
     for name, gen in GENERATORS.items():
         (target / name).write_text(gen(), encoding="utf-8")
+    if not argv:  # the repository's own files: the help answer too
+        HELP_FILE.write_text(top_help(), encoding="utf-8")
     return 0
 
 
