@@ -868,3 +868,13 @@ def test_reading_the_pasted_address_gives_up_at_the_timeout(
             os.write(write_end, b"late\n")  # lets the abandoned reader finish before close
     finally:
         os.close(write_end)
+
+
+def test_connect_with_an_unknown_calendar_creates_nothing(sb: Sandbox, browser: Browser) -> None:
+    """Issue 13, class 10: a mistyped --calendar stores no integration and no tokens."""
+    result = run("connect", "google", "--provider", "dr-lee", "--calendar", "no-such-calendar")
+    assert result.exit_code == 2 and result.stdout == ""
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("calsync: error: ") and "no calendar 'no-such-calendar'" in line
+    assert "nothing was connected" in line and GMAIL in line
+    assert_nothing_stored()

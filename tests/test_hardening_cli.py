@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 from calsync_cli.cli.app import app
 from tests.conftest import PRACTICES, PROVIDERS, visit, write_jsonl
 
+#: subprocesses under pipes and many terminal widths: in CI's slow pass (`pytest -m slow`)
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 
