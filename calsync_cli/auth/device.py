@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 
 from calsync_cli.auth.apps import OAuthApp
-from calsync_cli.auth.grants import SignIn, accept_token_answer
+from calsync_cli.auth.grants import SignIn, accept_token_answer, number_of_seconds
 from calsync_cli.auth.loopback import aadsts_code, provider_error, safe_code
 from calsync_cli.auth.tokens import utcnow
 from calsync_cli.errors import AuthError, InputError
@@ -194,13 +194,5 @@ def _expired(app: OAuthApp) -> AuthError:
 
 
 def _number(value: object, default: float) -> float:
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return default
-    return default
+    seconds = number_of_seconds(value)
+    return default if seconds is None else seconds

@@ -61,7 +61,7 @@ def accept_token_answer(app: OAuthApp, response: Mapping[str, Any], now: datetim
     warnings: list[str] = []
     if app.name == "google":
         _check_google_scopes(tokens)
-        lifetime = _seconds(response.get("refresh_token_expires_in"))
+        lifetime = number_of_seconds(response.get("refresh_token_expires_in"))
         if lifetime is not None and lifetime <= SHORT_REFRESH_LIFETIME:
             # Google: "A Google Cloud Platform project with an OAuth consent screen configured
             # for an external user type and a publishing status of 'Testing' is issued a
@@ -98,7 +98,8 @@ def _check_google_scopes(tokens: Tokens) -> None:
     )
 
 
-def _seconds(value: object) -> float | None:
+def number_of_seconds(value: object) -> float | None:
+    """A number of seconds from a token answer (a number, or a numeric string), or None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -326,10 +326,10 @@ def connect(
         if existing is None and all(c.id != opts.calendar_id for c in calendars):
             # a typo in --calendar creates nothing (a read-only calendar still keeps the
             # sign-in, Pending, below: the account is right, only the choice is not)
-            writable = ", ".join(c.id for c in calendars if c.writable) or "none"
+            ids = ", ".join(c.id for c in calendars if c.writable) or "none"
             raise InputError(
                 f"{account} has no calendar {opts.calendar_id!r}; nothing was connected",
-                hint=f"Its writable calendars: {writable}. Run connect again with one of them",
+                hint=f"Its writable calendars: {ids}. Run connect again with one of them",
             )
         try:
             chosen = _choice(calendars, opts.calendar_id, existing.id if existing else None)
