@@ -55,7 +55,7 @@ from calsync_cli.providers.base import (
     ProviderError,
     ReauthRequired,
 )
-from calsync_cli.store import links, queue, states
+from calsync_cli.store import audit, links, queue, states
 from calsync_cli.store.db import Store
 from calsync_cli.store.links import Pending, Result
 from calsync_cli.store.models import Integration
@@ -355,6 +355,8 @@ class Worker:
         last_error: str | None = None
         calendar_lost: CalendarUnavailable | None = None
         detail = f"{integ.app} calendar"
+        audit_rows: list[dict[str, Any]] = []
+        settled: list[Any] = []
         with self.store.write() as session:
             loaded = queue.load_claimed(session, integ.id, items)  # noqa: F841 - kept alive
             for item in items:
@@ -371,9 +373,9 @@ class Worker:
                     outcome.filter_version = integ.filter_version
                     links.record(
                         session, integ.id, item.visit.id, outcome, now=now,
-                        detail=f"{detail} {outcome.calendar_id}",
+                        detail=f"{detail} {outcome.calendar_id}", audit_rows=audit_rows,
                     )  # fmt: skip
-                    queue.finish(session, job, now=now)
+                    queue.finish(session, job, now=now, settled=settled)
                     name = "pushed" if outcome.kind == "created" else outcome.kind
                     setattr(summary, name, getattr(summary, name) + 1)
                     continue
@@ -406,6 +408,8 @@ class Worker:
                         after = getattr(outcome, "retry_after", None)
                         at = retry_at(job.attempts, now, retry_after=after, rng=self.rng)
                         queue.reschedule(session, job, now=now, at=at, error=error)
+            queue.forget_failures(session, settled)
+            audit.record_many(session, audit_rows)
             fresh = session.get(Integration, integ.id)
             if fresh is not None:
                 if summary.needs_reauth:

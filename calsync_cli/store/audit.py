@@ -25,6 +25,28 @@ def current_actor() -> str:
         return "unknown"
 
 
+def entry(
+    action: str,
+    *,
+    now: datetime,
+    integration_id: int | None = None,
+    visit_id: str | None = None,
+    fields: Sequence[str] = (),
+    detail: str | None = None,
+) -> dict[str, Any]:
+    """One audit row, for ``record_many``."""
+    return {
+        "at": now, "actor": current_actor(), "action": action, "integration_id": integration_id,
+        "visit_id": visit_id, "fields": list(fields), "detail": detail,
+    }  # fmt: skip
+
+
+def record_many(session: Session, entries: Sequence[dict[str, Any]]) -> None:
+    """Write many audit rows in one statement (a sync completes hundreds of pushes at once)."""
+    if entries:
+        session.execute(sa.insert(AuditEntry), list(entries))
+
+
 def record(
     session: Session,
     action: str,

@@ -176,8 +176,10 @@ def record(
     *,
     now: datetime,
     detail: str,
+    audit_rows: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Record what happened to the visit's event, and audit the disclosure (field names)."""
+    """Record what happened to the visit's event, and audit the disclosure (field names); the
+    audit row goes to ``audit_rows`` when given (written with ``audit.record_many``)."""
     link = session.get(EventLink, (integration_id, visit_id))
     if result.kind == "skipped":
         # unchanged: only the render's inputs move on (a change that did not alter the event)
@@ -201,10 +203,14 @@ def record(
     link.synced_at = now
     session.add(link)
     action = {"created": "push_create", "updated": "push_update"}.get(result.kind, "push_delete")
-    audit.record(
-        session, action, now=now, integration_id=integration_id, visit_id=visit_id,
+    row = audit.entry(
+        action, now=now, integration_id=integration_id, visit_id=visit_id,
         fields=result.fields, detail=detail,
     )  # fmt: skip
+    if audit_rows is not None:
+        audit_rows.append(row)
+    else:
+        audit.record_many(session, [row])
 
 
 @dataclass(frozen=True)

@@ -289,21 +289,18 @@ def owned(session: Session, job_id: int, owner: str) -> Job | None:
     return job
 
 
-def finish(session: Session, job: Job, *, now: datetime) -> None:
+def finish(session: Session, job: Job, *, now: datetime, settled: list[Job] | None = None) -> None:
     """Done, or back to the queue at once when the visit changed while it ran.
 
     Done means the visit is on the calendar as it should be, so an earlier failed job for the
-    same visit and integration is no longer a problem to report: it is deleted.
+    same visit and integration is no longer a problem to report: it is deleted (at once, or by
+    ``forget_failures(settled)`` when the caller collects them in ``settled``).
     """
     if not job.dirty:
-        table = Job.__table__  # type: ignore[attr-defined]
-        session.execute(
-            sa.delete(table).where(
-                table.c.integration_id == job.integration_id,
-                table.c.visit_id == job.visit_id,
-                table.c.state == JOB_FAILED,
-            )
-        )
+        if settled is None:
+            forget_failures(session, [job])
+        else:
+            settled.append(job)
     job.state = JOB_QUEUED if job.dirty else JOB_DONE
     job.next_attempt_at = now
     job.attempts = 0 if job.dirty else job.attempts
@@ -312,6 +309,19 @@ def finish(session: Session, job: Job, *, now: datetime) -> None:
     job.last_error = None
     job.updated_at = now
     session.add(job)
+
+
+def forget_failures(session: Session, done: Sequence[Job]) -> None:
+    """Delete the failed jobs of the (integration, visit) pairs these jobs have now synced."""
+    table = Job.__table__  # type: ignore[attr-defined]
+    pairs = list({(j.integration_id, j.visit_id) for j in done})
+    for first in range(0, len(pairs), 500):
+        session.execute(
+            sa.delete(table).where(
+                table.c.state == JOB_FAILED,
+                sa.tuple_(table.c.integration_id, table.c.visit_id).in_(pairs[first : first + 500]),
+            )
+        )
 
 
 def give_back(session: Session, job: Job, *, now: datetime) -> None:
