@@ -201,3 +201,40 @@ def test_sweep_with_an_unusable_keyring_exits_1(env: Env, monkeypatch: pytest.Mo
     data = json.loads(result.stdout)
     assert data["tokens"]["unusable"] == [iid]
     assert "keyring" in data["tokens"]["errors"][str(iid)]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_busy_watcher_within_seconds(env: Env) -> None:
+    """Issue 13, class 7: a watcher in the middle of a big round finishes the calls in flight
+    and gives the rest of its claim back, instead of pushing the whole round first."""
+    import signal
+    import time
+
+    env.clock.now = datetime.now(UTC) - timedelta(minutes=1)  # the subprocess runs on real time
+    connect(env, "outlook")
+    env.import_visits([visit(f"v{i}") for i in range(240)])
+    env.sb.latency = 0.05  # a round of 240 Outlook calls, 4 at a time: about 3 s
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calsync_cli", "sync", "--watch", "--interval", "0.2", "--json"],
+        env={**os.environ, **env.sb.env(), "CALSYNC_DB_URL": env.settings.db_url},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert env.sb.wait_for_api_calls(env.sb.api_calls() + 8, timeout=30)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert took < 2.5, took  # one slice of calls (80 at 4 in flight: 1 s), not the round
+    assert "Exception ignored" not in err and "Traceback" not in err
+    pushed = json.loads(out)["totals"]["pushed"]
+    jobs = _jobs(env)
+    assert 0 < pushed < 240 and len(env.events("outlook")) == pushed
+    waiting = [j for j in jobs if j.state == "queued"]
+    assert len(waiting) == 240 - pushed
+    assert all(j.attempts == 0 and j.lease_owner is None for j in waiting)
