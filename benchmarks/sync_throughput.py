@@ -172,6 +172,7 @@ def main() -> int:
 
 
 def fresh_schema(url: str) -> str:
+    import atexit
     import uuid
 
     import sqlalchemy as sa
@@ -180,7 +181,13 @@ def fresh_schema(url: str) -> str:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    engine.dispose()
+
+    def drop() -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+    atexit.register(drop)
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}options=-csearch_path%3D{schema}"
 
