@@ -45,9 +45,27 @@ def test_repr_and_str_redact_tokens() -> None:
 def test_json_round_trip_keeps_every_field() -> None:
     tokens = sample()
     data = json.loads(tokens.to_json())
-    assert set(data) == {"access_token", "refresh_token", "expires_at", "scope", "token_type"}
+    assert set(data) == {
+        "access_token", "refresh_token", "expires_at", "scope", "token_type", "refresh_expires_at",
+    }  # fmt: skip
     assert data["expires_at"] == int((NOW + timedelta(hours=1)).timestamp())
     assert Tokens.from_json(tokens.to_json()) == tokens
+
+
+def test_a_refresh_tokens_own_end_is_kept_across_refreshes() -> None:
+    """Google's ``refresh_token_expires_in`` (7 days for an app in Testing status) is the end of
+    the refresh token: kept by refresh answers that carry no new refresh token."""
+    first = Tokens.from_token_response(
+        {"access_token": "a", "refresh_token": "r", "expires_in": 3599,
+         "refresh_token_expires_in": 604799}, NOW,
+    )  # fmt: skip
+    assert first.refresh_expires_at == NOW + timedelta(seconds=604799)
+    later = NOW + timedelta(days=2)
+    again = Tokens.from_token_response({"access_token": "b", "expires_in": 3599}, later,
+                                       previous=first)  # fmt: skip
+    assert again.refresh_expires_at == first.refresh_expires_at
+    assert Tokens.from_json(again.to_json()).refresh_expires_at == first.refresh_expires_at
+    assert Tokens.from_token_response({"access_token": "c"}, NOW).refresh_expires_at is None
 
 
 def test_from_token_response_counts_expires_in_from_now_and_keeps_previous_refresh() -> None:

@@ -20,7 +20,7 @@ import pytest
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
-from calsync_cli.auth import TokenStore
+from calsync_cli.auth import Tokens, TokenStore
 from calsync_cli.cli import connect as connect_cli
 from calsync_cli.cli.app import app
 from calsync_cli.errors import KeyringError
@@ -878,3 +878,20 @@ def test_connect_with_an_unknown_calendar_creates_nothing(sb: Sandbox, browser: 
     assert line.startswith("calsync: error: ") and "no calendar 'no-such-calendar'" in line
     assert "nothing was connected" in line and GMAIL in line
     assert_nothing_stored()
+
+
+def test_a_testing_status_google_app_is_named_by_doctor(sb: Sandbox, browser: Browser) -> None:
+    """The 7-day end of a Testing app's refresh token is kept with the tokens (the token answer's
+    ``refresh_token_expires_in``), so ``doctor`` can say what is wrong days later."""
+    sb.register_app("google", publishing="testing")
+    iid = run_json("connect", "google", "--provider", "dr-lee", "--calendar", GMAIL)["id"]
+    tokens = TokenStore().get(iid)
+    assert tokens is not None and tokens.refresh_expires_at is not None
+    left = tokens.refresh_expires_at - datetime.now(UTC)
+    assert timedelta(days=6, hours=23) < left <= timedelta(days=7)
+    assert Tokens.from_json(tokens.to_json()) == tokens  # stored and read back whole
+    result = run("doctor", "--offline", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    check = checks[f"sign-in {iid}"]
+    assert check["status"] == "warn" and "Testing status" in check["message"]
+    assert "Publish app" in check["fix"]

@@ -68,6 +68,9 @@ class Tokens:
     expires_at: datetime | None  # aware; None when the provider did not say
     scope: str | None = None
     token_type: str = "Bearer"
+    #: when the refresh token itself dies, when the provider says (Google's
+    #: ``refresh_token_expires_in``: 7 days for an app in "Testing" status)
+    refresh_expires_at: datetime | None = None
 
     def __repr__(self) -> str:
         expires = self.expires_at.isoformat() if self.expires_at else None
@@ -120,12 +123,19 @@ class Tokens:
         token_type = response.get("token_type")
         if not isinstance(token_type, str) or not token_type:
             token_type = "Bearer"
+        refresh_expires_at = previous.refresh_expires_at if previous else None
+        lifetime = response.get("refresh_token_expires_in")
+        if isinstance(lifetime, int | float) and not isinstance(lifetime, bool) and lifetime > 0:
+            refresh_expires_at = now + timedelta(seconds=float(lifetime))
+        elif isinstance(response.get("refresh_token"), str):
+            refresh_expires_at = None  # a new refresh token without a stated end
         return cls(
             access_token=access,
             refresh_token=refresh,
             expires_at=expires_at,
             scope=scope,
             token_type=token_type,
+            refresh_expires_at=refresh_expires_at,
         )
 
     def to_json(self) -> str:
@@ -136,6 +146,9 @@ class Tokens:
                 "expires_at": int(self.expires_at.timestamp()) if self.expires_at else None,
                 "scope": self.scope,
                 "token_type": self.token_type,
+                "refresh_expires_at": (
+                    int(self.refresh_expires_at.timestamp()) if self.refresh_expires_at else None
+                ),
             },
             separators=(",", ":"),
         )
@@ -158,12 +171,18 @@ class Tokens:
         refresh = data.get("refresh_token")
         scope = data.get("scope")
         token_type = data.get("token_type")
+        refresh_raw = data.get("refresh_expires_at")
         return cls(
             access_token=data["access_token"],
             refresh_token=refresh if isinstance(refresh, str) and refresh else None,
             expires_at=expires_at,
             scope=scope if isinstance(scope, str) else None,
             token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+            refresh_expires_at=(
+                datetime.fromtimestamp(float(refresh_raw), UTC)
+                if isinstance(refresh_raw, int | float) and not isinstance(refresh_raw, bool)
+                else None
+            ),
         )
 
 

@@ -327,7 +327,7 @@ def sign_in_check(integ: Any, tokens: Any, *, now: datetime) -> Check:
         return Check(name, "fail", f"{who}: no tokens are stored for it", fix)
     if not tokens.refresh_token:
         return Check(name, "fail", f"{who}: no refresh token is stored", fix)
-    refresh_expires = getattr(tokens, "refresh_expires_at", None)
+    refresh_expires = tokens.refresh_expires_at
     if integ.app == "google" and isinstance(refresh_expires, datetime):
         left = refresh_expires - now
         testing_fix = (
