@@ -20,10 +20,16 @@ import pytest
 from sqlmodel import col, func, select
 
 from calsync_cli.sandbox import Sandbox
+from calsync_cli.services import imports as importers
+from calsync_cli.services import integrations as core
 from calsync_cli.store.models import LIVE_JOB_STATES, Job
+from tests.conftest import write_jsonl
+from tests.engine_support import sign_in_tokens
 from tests.sync_support import calendar_problems, connect_both, import_rows, make_db_env, visit_rows
 
 WORKERS = 3
+#: besides dr-lee (Google) and dr-patel (Outlook): more clinicians than workers
+MORE = {"dr-kim": "google", "dr-ortiz": "outlook", "dr-silva": "google", "dr-chen": "outlook"}
 VISITS = 300
 BATCHES = 6
 
@@ -101,6 +107,25 @@ def test_three_hosts_share_the_work_and_survive_a_killed_worker(
                 assert tokens is not None
                 sealed.put(iid, tokens)
                 TokenStore().delete(iid)  # no host has them in a keyring
+            # four more clinicians, each with an account of their own: six mailboxes to share
+            importers.import_file(
+                env.store, "providers",
+                str(write_jsonl(tmp_path / "more.jsonl", [{"id": p, "name": p} for p in MORE])),
+                now=base,
+            )  # fmt: skip
+            for pid, app in MORE.items():
+                email = f"{pid}@{app}.example"
+                sb.add_account(app, email)
+                tokens = sign_in_tokens(sb, app, email, datetime.now(UTC))
+                with env.store.write() as s:
+                    integ = core.create(
+                        s, provider_id=pid, app=app, now=base, account=email,
+                        calendar_id=sb.account(app, email).primary_calendar_id,
+                        calendar_name="Calendar",
+                    )  # fmt: skip
+                    assert integ.id is not None
+                    new_id = integ.id
+                sealed.put(new_id, tokens)
             shared = {
                 **sb.env(),
                 "CALSYNC_DB_URL": db_url,
@@ -109,6 +134,9 @@ def test_three_hosts_share_the_work_and_survive_a_killed_worker(
                 "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
             }
             rows = visit_rows(VISITS, rng, datetime(2026, 12, 1, 14, tzinfo=UTC))
+            clinicians = ["dr-lee", "dr-patel", *MORE]
+            for i, row in enumerate(rows):
+                row["provider_id"] = clinicians[i % len(clinicians)]
             names = [f"host{i}" for i in range(WORKERS)]
             # the first host starts alone and pushes some; then the other two join
             workers = [_worker(tmp_path, names[0], shared)]
