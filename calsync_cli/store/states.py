@@ -1,10 +1,11 @@
 """The one owner of an integration's state.
 
 An integration is ``Active``, ``Pending`` (no calendar chosen yet), ``Error`` (its latest push or
-pull failed; it keeps retrying) or ``Disconnected``. Beside the state, two machine flags: ``needs_reauth`` (the grant is gone) and
-``needs_calendar`` (the calendar is gone or no longer writable); either holds the integration's
-jobs until someone signs in again or chooses a calendar. Job claiming and the token keep-alive
-read the flags; ``status_detail`` is text for people and is never read to decide anything.
+pull failed; it keeps retrying) or ``Disconnected``. Beside the state, two machine flags:
+``needs_reauth`` (the grant is gone) and ``needs_calendar`` (the calendar is gone or no longer
+writable); either holds the integration's jobs until someone signs in again or chooses a
+calendar. Job claiming and the token keep-alive read the flags; ``status_detail`` is text for
+people and is never read to decide anything.
 
 Every change goes through one function here, in the caller's write transaction::
 
