@@ -102,3 +102,13 @@ def make_env(tmp: Path, sb: Sandbox) -> Env:
     importers.import_file(store, "practices", str(write_jsonl(tmp / "p.jsonl", PRACTICES)), now=NOW)
     importers.import_file(store, "providers", str(write_jsonl(tmp / "d.jsonl", PROVIDERS)), now=NOW)
     return Env(sb=sb, store=store, settings=settings, tmp=tmp)
+
+
+def sandbox_app(sb: Sandbox, name: str, tmp_path: Path) -> Any:
+    """The OAuth app ``name`` pointed at the sandbox, with an empty config file."""
+    from calsync_cli.auth.apps import oauth_app
+
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    env = {**sb.env(), "CALSYNC_DB_URL": "sqlite://", "CALSYNC_CONFIG": str(config)}
+    return oauth_app(name, load_settings(env))

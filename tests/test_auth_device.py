@@ -12,13 +12,14 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from calsync_cli.auth import DeviceCode, LoopbackListener, OAuthApp, device_sign_in, oauth_app
+from calsync_cli.auth import DeviceCode, LoopbackListener, OAuthApp, device_sign_in
 from calsync_cli.config import load_settings
 from calsync_cli.errors import AuthError, InputError
 from calsync_cli.sandbox import Sandbox
 from calsync_cli.services import connections
 from calsync_cli.store.db import Store
 from tests.conftest import PROVIDERS
+from tests.engine_support import sandbox_app
 
 OUTLOOK = "dr@contoso.example"
 
@@ -31,10 +32,7 @@ def sb() -> Iterator[Sandbox]:
 
 
 def app_of(sb: Sandbox, name: str, tmp_path: Path) -> OAuthApp:
-    config = tmp_path / "config.toml"
-    config.write_text("")
-    env = {**sb.env(), "CALSYNC_DB_URL": "sqlite://", "CALSYNC_CONFIG": str(config)}
-    return oauth_app(name, load_settings(env))
+    return sandbox_app(sb, name, tmp_path)
 
 
 def test_slow_down_adds_five_seconds_to_the_interval(sb: Sandbox, tmp_path: Path) -> None:

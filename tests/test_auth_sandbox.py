@@ -21,14 +21,13 @@ from calsync_cli.auth import (
     SignIn,
     Tokens,
     TokenStore,
-    oauth_app,
     revoke,
     sign_in,
 )
-from calsync_cli.config import load_settings
 from calsync_cli.errors import AuthError
 from calsync_cli.providers.base import ReauthRequired
 from calsync_cli.sandbox import Sandbox
+from tests.engine_support import sandbox_app
 
 GOOGLE_EMAIL = "dr@example.com"
 OUTLOOK_EMAIL = "dr@contoso.com"
@@ -43,10 +42,7 @@ def sb() -> Iterator[Sandbox]:
 
 
 def app_of(sb: Sandbox, name: str, tmp_path: Path) -> OAuthApp:
-    config = tmp_path / "config.toml"
-    config.write_text("")
-    env = {**sb.env(), "CALSYNC_DB_URL": "sqlite://", "CALSYNC_CONFIG": str(config)}
-    return oauth_app(name, load_settings(env))
+    return sandbox_app(sb, name, tmp_path)
 
 
 class Browser:

@@ -1048,11 +1048,9 @@ class MicrosoftService:
             "configure the application to be multi-tenant."
         )
 
-    def devicecode(self, req: Request) -> Response:
-        """The device authorization endpoint ("Microsoft identity platform and the OAuth 2.0
-        device authorization grant flow", Device authorization request)."""
-        form = req.form()
-        client_id = form.get("client_id", "")
+    def _refuse_client(self, req: Request, client_id: str) -> Response | None:
+        """An unknown client (AADSTS700016), or a single-tenant app asked through ``/common``
+        (AADSTS50194): the answer Entra gives; None when the client may go on."""
         if client_id != self.state.clients["outlook"]:
             return aad_error(
                 400,
@@ -1063,6 +1061,16 @@ class MicrosoftService:
         refusal = self._tenant_refusal(req, client_id)
         if refusal is not None:
             return aad_error(400, "invalid_request", 50194, refusal.split(": ", 1)[1])
+        return None
+
+    def devicecode(self, req: Request) -> Response:
+        """The device authorization endpoint ("Microsoft identity platform and the OAuth 2.0
+        device authorization grant flow", Device authorization request)."""
+        form = req.form()
+        client_id = form.get("client_id", "")
+        refused = self._refuse_client(req, client_id)
+        if refused is not None:
+            return refused
         scopes = form.get("scope", "").split()
         if not scopes:
             return aad_error(
@@ -1189,16 +1197,9 @@ class MicrosoftService:
         if fault is not None:
             return aad_error(fault.status, fault.error, 0, "Injected by the sandbox.")
         client_id, secret = oc.client_credentials(req, form)
-        if client_id != self.state.clients["outlook"]:
-            return aad_error(
-                400,
-                "unauthorized_client",
-                700016,
-                f"Application with identifier '{client_id}' was not found in the directory.",
-            )
-        refusal = self._tenant_refusal(req, client_id)
-        if refusal is not None:
-            return aad_error(400, "invalid_request", 50194, refusal.split(": ", 1)[1])
+        refused = self._refuse_client(req, client_id)
+        if refused is not None:
+            return refused
         if secret is not None or form.get("client_assertion"):
             return aad_error(
                 401,
