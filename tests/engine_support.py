@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -112,3 +113,25 @@ def sandbox_app(sb: Sandbox, name: str, tmp_path: Path) -> Any:
     config.write_text("")
     env = {**sb.env(), "CALSYNC_DB_URL": "sqlite://", "CALSYNC_CONFIG": str(config)}
     return oauth_app(name, load_settings(env))
+
+
+def make_integration(provider: str = "dr-lee") -> int:
+    """An Active Google integration in the CLI's store (``CALSYNC_DB_URL``), no sign-in."""
+    from calsync_cli.cli import context
+    from calsync_cli.services import integrations
+    from calsync_cli.store.db import Store
+
+    store = Store(os.environ["CALSYNC_DB_URL"])
+    with store.write() as s:
+        integ = integrations.create(
+            s,
+            provider_id=provider,
+            app="google",
+            now=context.now(),
+            account="a@example.com",
+            calendar_id="primary",
+        )
+        iid = integ.id
+    store.close()
+    assert iid is not None
+    return iid

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from calsync_cli.cli import completions
 from calsync_cli.cli.app import app
 from tests.conftest import PRACTICES, PROVIDERS, visit, write_jsonl
+from tests.engine_support import make_integration
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -39,27 +40,6 @@ def seeded(tmp_path: Path) -> Path:
     for kind in ("practices", "providers", "visits"):
         assert run(kind, "import", str(tmp_path / f"{kind}.jsonl")).exit_code == 0
     return tmp_path
-
-
-def make_integration(provider: str = "dr-lee") -> int:
-    from calsync_cli.cli import context
-    from calsync_cli.services import integrations
-    from calsync_cli.store.db import Store
-
-    store = Store(os.environ["CALSYNC_DB_URL"])
-    with store.write() as s:
-        integ = integrations.create(
-            s,
-            provider_id=provider,
-            app="google",
-            now=context.now(),
-            account="a@example.com",
-            calendar_id="primary",
-        )
-        iid = integ.id
-    store.close()
-    assert iid is not None
-    return iid
 
 
 def test_empty_status_says_how_to_start() -> None:

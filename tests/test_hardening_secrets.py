@@ -8,7 +8,6 @@ stdout (``--json``) and every text column of the store.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -43,27 +42,13 @@ def _store_text(db_url: str) -> str:
 
 
 def _seed_integration(tmp_path: Path) -> int:
-    from calsync_cli.cli import context
-    from calsync_cli.services import integrations
-    from calsync_cli.store.db import Store
+    from tests.engine_support import make_integration
 
     for kind, rows in (("practices", PRACTICES), ("providers", PROVIDERS)):
         assert (
             run(kind, "import", str(write_jsonl(tmp_path / f"{kind}.jsonl", rows))).exit_code == 0
         )
-    store = Store(os.environ["CALSYNC_DB_URL"])
-    with store.write() as s:
-        integ = integrations.create(
-            s,
-            provider_id="dr-lee",
-            app="google",
-            now=context.now(),
-            account="a@example.com",
-            calendar_id="primary",
-        )
-        iid = integ.id
-    store.close()
-    assert iid is not None
+    iid = make_integration()
     visits = write_jsonl(tmp_path / "visits.jsonl", [visit("a"), visit("b")])
     assert run("visits", "import", str(visits)).exit_code == 0
     return iid
